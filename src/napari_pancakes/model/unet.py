@@ -1,0 +1,51 @@
+"""The image network ``f``: a small U-Net (3x3 convs, 32 features, PReLU) giving ``phi``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by PReLU."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.PReLU(cout),
+            nn.Conv2d(cout, cout, 3, padding=1),
+            nn.PReLU(cout),
+        )
+
+
+class UNet(nn.Module):
+    """U-Net with ``levels`` resolutions and ``features`` channels everywhere.
+
+    Arguments:
+        in_channels: image channels (1: intensity).
+        features: width of every convolution (32 in the paper).
+        levels: number of resolutions (4 -> 128, 64, 32, 16 px at 128 px input).
+        out_channels: channels of ``phi``.
+    """
+
+    def __init__(self, in_channels: int = 1, features: int = 32, levels: int = 4, out_channels: int = 32):
+        super().__init__()
+        self.levels = levels
+        self.down = nn.ModuleList(
+            [ConvBlock(in_channels if i == 0 else features, features) for i in range(levels)]
+        )
+        self.up = nn.ModuleList([ConvBlock(2 * features, features) for _ in range(levels - 1)])
+        self.out = nn.Conv2d(features, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) image -> (N, out_channels, H, W) ``phi``; H, W divisible by 2**(levels-1)."""
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.out(x)

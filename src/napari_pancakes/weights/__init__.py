@@ -1,0 +1,1 @@
+"""Bundled model weights (safetensors) and their model cards."""

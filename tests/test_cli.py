@@ -1,0 +1,58 @@
+import json
+
+import imageio.v3 as iio
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_pancakes.cli import main
+from napari_pancakes.io_weights import save_weights
+from napari_pancakes.model import Pancakes
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "in"
+    d.mkdir()
+    iio.imwrite(d / "a.png", (rng.random((60, 80)) * 255).astype(np.uint8))
+    iio.imwrite(d / "b.png", (rng.random((50, 50, 3)) * 255).astype(np.uint8))
+    tifffile.imwrite(d / "c.tif", (rng.random((2, 40, 30)) * 1000).astype(np.uint16))
+    nib.save(nib.Nifti1Image(rng.random((20, 24, 3)).astype(np.float32), np.diag([2, 2, 3, 1])), d / "d.nii.gz")
+    (d / "notes.txt").write_text("ignored")
+    torch.manual_seed(0)
+    save_weights(Pancakes(), tmp_path / "w.safetensors")
+    return d
+
+
+def test_cli_round_trip(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [str(folder), "--m", "3", "--k", "5", "--out", str(out), "--weights", str(tmp_path / "w.safetensors")]
+    assert main(["segment", *args]) == 0
+    assert iio.imread(out / "protocol_01" / "a_labels.png").shape == (60, 80)
+    assert iio.imread(out / "protocol_03" / "b_labels.png").shape == (50, 50)
+    assert tifffile.imread(out / "protocol_02" / "c_labels.tif").shape == (2, 40, 30)
+    vol = nib.load(out / "protocol_01" / "d_labels.nii.gz")
+    assert vol.shape == (20, 24, 3) and np.allclose(vol.affine, np.diag([2, 2, 3, 1]))
+    assert np.asarray(vol.dataobj).max() < 5
+    preview = iio.imread(out / "preview.png")
+    assert preview.ndim == 3 and preview.shape[2] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_in_set"] == 1 + 1 + 2 + 3
+    # second run refuses to overwrite and leaves the outputs untouched
+    before = (out / "protocol_01" / "a_labels.png").read_bytes()
+    assert main(["segment", *args]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (out / "protocol_01" / "a_labels.png").read_bytes() == before
+    assert main(["segment", *args, "--overwrite"]) == 0
+
+
+def test_cli_bad_inputs(tmp_path, capsys):
+    assert main(["segment", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["segment", str(tmp_path / "empty"), "--m", "99", "--out", str(tmp_path / "o")]) == 2
+    assert "must be in" in capsys.readouterr().err

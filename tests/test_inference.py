@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+
+import napari_pancakes
+from napari_pancakes import segment_set
+from napari_pancakes.inference import interpolation_matrix
+from napari_pancakes.model import Pancakes
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Pancakes().eval()
+
+
+def blobs(s=3, h=128, w=128, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    out = np.zeros((s, h, w), np.float32)
+    for i in range(s):
+        cy, cx = rng.uniform(0.3, 0.7, 2) * (h, w)
+        out[i] = ((yy - cy) ** 2 + (xx - cx) ** 2 < (0.2 * min(h, w)) ** 2) * 1.0 + 0.05 * rng.standard_normal((h, w))
+    return out
+
+
+def test_set_shape_and_range(model):
+    out = segment_set(blobs(), m=8, k=20, model=model)
+    assert out.shape == (8, 3, 128, 128)
+    assert np.issubdtype(out.dtype, np.integer)
+    assert out.min() >= 0 and out.max() <= 19
+
+
+def test_single_image_list_and_rgb(model):
+    img = blobs(1)[0]
+    assert segment_set(img, 2, 3, model=model).shape == (2, 1, 128, 128)
+    rgb = np.stack([img, img, img], -1)
+    assert np.array_equal(segment_set(rgb, 2, 3, model=model), segment_set(img, 2, 3, model=model))
+    mixed = segment_set([blobs(1, 60, 90)[0], blobs(1, 200, 150)[0]], 2, 4, model=model)
+    assert isinstance(mixed, list) and mixed[0].shape == (2, 60, 90) and mixed[1].shape == (2, 200, 150)
+
+
+def test_output_aligned_with_input_size(model):
+    small = blobs(2, 100, 300)
+    labels, probs = segment_set(small, 3, 5, model=model, return_probs=True)
+    assert labels.shape == (3, 2, 100, 300)
+    assert probs.shape == (3, 2, 5, 100, 300)
+    assert np.allclose(probs.sum(2), 1, atol=1e-4)
+    assert np.array_equal(probs.argmax(2), labels)
+
+
+def test_phi_computed_once_per_image(model, monkeypatch):
+    seen = []
+    original = model.f.forward
+    monkeypatch.setattr(model.f, "forward", lambda x: seen.append(x.shape[0]) or original(x))
+    segment_set(blobs(3), m=8, k=20, model=model)
+    assert sum(seen) == 3
+
+
+def test_deterministic_per_seed(model):
+    x = blobs()
+    a = segment_set(x, 4, 6, model=model, seed=0)
+    assert np.array_equal(a, segment_set(x, 4, 6, model=model, seed=0))
+    b = segment_set(x, 4, 6, model=model, seed=5)
+    assert np.array_equal(b, segment_set(x, 4, 6, model=model, seed=5))
+
+
+def test_constant_image_works(model):
+    out = segment_set(np.full((2, 64, 64), 7.0), 2, 3, model=model)
+    assert out.shape == (2, 2, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((0, 32, 32)), "empty"),
+        ([], "empty"),
+        (np.zeros(10), "1D"),
+        (np.zeros((2, 2, 8, 8, 8)), "5D"),
+        (np.array([[np.nan, 1], [1, 1]], dtype=float), "NaN"),
+        (np.array([[np.inf, 1], [1, 1]], dtype=float), "NaN or infinite"),
+        (np.array([["a", "b"], ["c", "d"]]), "dtype"),
+        (np.zeros((2, 1, 32)), "at least 2 pixels"),
+    ],
+)
+def test_invalid_images_raise(model, bad, match):
+    with pytest.raises(ValueError, match=match):
+        segment_set(bad, 2, 3, model=model)
+
+
+@pytest.mark.parametrize("m,k", [(0, 5), (33, 5), (4, 1), (4, 65), (2.5, 5), ("8", 20), (True, 5)])
+def test_out_of_range_mk_raise(model, m, k):
+    with pytest.raises(ValueError, match="must be"):
+        segment_set(blobs(1), m, k, model=model)
+
+
+def test_extremes_of_mk_work(model):
+    out = segment_set(blobs(1, 32, 32), 32, 64, model=model)
+    assert out.shape == (32, 1, 32, 32) and out.max() < 64
+    assert segment_set(blobs(1, 32, 32), 1, 2, model=model).shape == (1, 1, 32, 32)
+
+
+def test_interpolation_matrix_rows_sum_to_one_and_match_torch():
+    for n_out, n_in in [(300, 128), (64, 128), (128, 128), (7, 128)]:
+        w = interpolation_matrix(n_out, n_in)
+        assert np.allclose(w.sum(1), 1)
+    x = torch.rand(1, 1, 16, 16)
+    ref = torch.nn.functional.interpolate(x, size=(40, 40), mode="bilinear", align_corners=False)[0, 0]
+    ry = torch.from_numpy(interpolation_matrix(40, 16))
+    assert torch.allclose(ry @ x[0, 0] @ ry.T, ref, atol=1e-5)
+
+
+def test_core_does_not_import_qt():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, napari_pancakes\n"
+        "from napari_pancakes import segment_set, metrics, baselines, io, cli, evaluate\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'qtpy', 'napari')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bundled_weights_load_offline_and_segment():
+    model = napari_pancakes.load_model(device="cpu")
+    out = segment_set(blobs(), 8, 20, model=model)
+    assert out.shape == (8, 3, 128, 128)
+    assert model.metadata.get("config")
+
+
+def test_missing_and_corrupt_weights_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        napari_pancakes.load_model(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(ValueError, match="not a valid safetensors"):
+        napari_pancakes.load_model(bad)

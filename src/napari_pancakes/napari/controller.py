@@ -1,0 +1,461 @@
+"""Everything the protocol explorer does, without Qt: run, replace, browse, choose, name, merge, measure, export.
+
+The widget (:mod:`.explorer`) is a thin view on this class, so notebooks and tests drive the
+same code headless, with a real ``napari.Viewer`` or a Qt-free ``napari.components.ViewerModel``.
+
+A run is split in three so that only pure computation happens off the GUI thread:
+:meth:`ProtocolController.prepare` (GUI thread: validate the layer, snapshot its data),
+:func:`compute` (any thread: a generator yielding per image, cancellable between images) and
+:meth:`ProtocolController.apply` (GUI thread: replace the old layers by the new ones).
+
+Label ids in the layers are the model's labels plus one (1..K), so that 0 stays napari's
+background and "send to background" has somewhere to send to.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..export import area_summary, export_label_map, label_areas, label_dtype
+from ..inference import check_mk, iter_segment_set
+
+TAG = "pancakes"  # key of our entry in layer.metadata: how protocol layers are recognised
+HISTORY_LIMIT = 20
+
+Confirm = Callable[[str], bool]
+
+
+@dataclass
+class RunRequest:
+    """A validated, detached snapshot of what to segment (safe to hand to a worker thread)."""
+
+    image_name: str
+    images: list  # 2D float/int arrays, one per image of the set
+    spatial_shape: tuple  # shape of one protocol's label layer: (S, H, W) or (H, W)
+    scale: tuple
+    translate: tuple
+    units: tuple | None
+    m: int
+    k: int
+    seed: int
+    labels: np.ndarray = field(default=None, repr=False)  # (M, S, H, W), filled by compute
+
+
+@dataclass
+class Edit:
+    """One undoable change of a working label map."""
+
+    layer: object
+    kind: str  # "rename", "merge", "background"
+    names: dict  # names before the change
+    flat_index: np.ndarray | None = None  # pixels whose label changed
+    old_values: np.ndarray | None = None
+
+
+def compute(request: RunRequest, model) -> Iterator[tuple[int, int]]:
+    """Run the model image by image, filling ``request.labels``; yields ``(done, total)``.
+
+    Thread-safe (touches no layer); stopping the generator early cancels the run.
+    """
+    total = len(request.images)
+    n_images = total if len(request.spatial_shape) == 3 else 1
+    out = np.zeros((request.m, n_images) + tuple(request.spatial_shape[-2:]), label_dtype(request.k))
+    for i, labels, _ in iter_segment_set(request.images, request.m, request.k, model=model, seed=request.seed):
+        out[:, i] = labels + 1
+        yield i + 1, total
+    request.labels = out
+
+
+def protocol_name(image_name: str, m: int, k: int) -> str:
+    """Layer name of protocol ``m`` (1-based): all protocols of an image share the prefix."""
+    return f"{image_name} protocol {m} (K={k})"
+
+
+def chosen_name(image_name: str) -> str:
+    return f"{image_name} chosen"
+
+
+def tag(layer) -> dict:
+    """Our metadata entry of a layer ({} for layers we did not make)."""
+    return getattr(layer, "metadata", {}).get(TAG, {}) if layer is not None else {}
+
+
+class ProtocolController:
+    """The protocol explorer's state and actions on one napari viewer.
+
+    Arguments:
+        viewer: a ``napari.Viewer`` or ``napari.components.ViewerModel``.
+        model: a Pancakes model to use (tests inject a random-init one); None loads the bundled
+            weights on the first run.
+        model_loader: how to load the model when ``model`` is None.
+    """
+
+    def __init__(self, viewer, model=None, model_loader: Callable | None = None):
+        self.viewer = viewer
+        self._model = model
+        self._model_loader = model_loader
+        self.history: list[Edit] = []
+        self.current: int = 0  # index (0-based) of the protocol shown alone
+        self.image_name: str | None = None  # image whose protocols are browsed
+
+    # ----------------------------------------------------------------- model
+    @property
+    def model(self):
+        """The model, loaded on first use (it may be slow or fail: only a run needs it)."""
+        if self._model is None:
+            if self._model_loader is None:
+                from ..io_weights import load_model
+
+                self._model_loader = load_model
+            self._model = self._model_loader()
+        return self._model
+
+    # ----------------------------------------------------------------- run
+    def prepare(self, layer, m: int = 8, k: int = 20, seed: int = 0) -> RunRequest:
+        """Check that ``layer`` is an image the model can take and snapshot it.
+
+        Raises ``ValueError`` with a message for the user when it is not: no layer, a non-image
+        layer, multiscale, 4D or more, RGB stacks of unusual shape, bad M/K.
+        """
+        from napari.layers import Image
+
+        m, k = check_mk(m, k)
+        if layer is None:
+            raise ValueError("no image layer chosen: open an image (e.g. File > Open Sample > napari-pancakes) first")
+        if not isinstance(layer, Image):
+            raise ValueError(
+                f"layer '{layer.name}' is a {type(layer).__name__} layer; choose an Image layer "
+                "(a 2D image, an (S, H, W) stack or a 3D volume)"
+            )
+        if layer.multiscale:
+            raise ValueError(f"layer '{layer.name}' is multiscale; open a single-resolution image")
+        spatial_ndim = layer.ndim  # for RGB napari already excludes the colour axis
+        if spatial_ndim not in (2, 3):
+            raise ValueError(
+                f"layer '{layer.name}' has {spatial_ndim} spatial dimensions {tuple(layer.data.shape)}; "
+                "Pancakes takes a 2D image, an (S, H, W) stack or a (Z, Y, X) volume (set of slices)"
+            )
+        data = np.asarray(layer.data)
+        if layer.rgb:
+            data = data[..., :3].astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32)
+        spatial_shape = tuple(data.shape)
+        images = [data] if data.ndim == 2 else list(data)
+        units = tuple(str(u) for u in layer.units) if getattr(layer, "units", None) is not None else None
+        return RunRequest(
+            image_name=layer.name,
+            images=images,
+            spatial_shape=spatial_shape,
+            scale=tuple(layer.scale),
+            translate=tuple(layer.translate),
+            units=units,
+            m=m,
+            k=k,
+            seed=int(seed or 0),
+        )
+
+    def previous_layers(self, image_name: str) -> list:
+        """Protocol layers made earlier for ``image_name`` (the ones a re-run replaces)."""
+        return [ly for ly in self.viewer.layers if tag(ly).get("role") == "protocol" and tag(ly).get("source") == image_name]
+
+    def apply(self, request: RunRequest, confirm: Confirm | bool = True) -> list:
+        """Replace the previous protocol layers of the image by the results of ``request``.
+
+        ``confirm(message) -> bool`` is asked only when previous layers were edited (painted,
+        renamed, merged); a bool answers it up front (tests and notebooks). Returns the new
+        layers, or [] when the user declined (the old layers then stay as they were).
+        """
+        if request.labels is None:
+            raise RuntimeError("the run has not finished; nothing to add")
+        old = self.previous_layers(request.image_name)
+        edited = [ly.name for ly in old if is_edited(ly)]
+        if edited and not _ask(confirm, f"Re-running replaces {len(old)} protocol layer(s) of "
+                                        f"'{request.image_name}'; these were edited: {', '.join(edited)}. Discard them?"):
+            return []
+        for ly in old:
+            self.viewer.layers.remove(ly)
+        self.history = [e for e in self.history if e.layer not in old]
+        new = []
+        for p in range(request.m):
+            data = request.labels[p] if len(request.spatial_shape) == 3 else request.labels[p, 0]
+            new.append(self._add_labels(
+                data, protocol_name(request.image_name, p + 1, request.k), request,
+                {"role": "protocol", "source": request.image_name, "protocol": p + 1,
+                 "m": request.m, "k": request.k, "seed": request.seed},
+            ))
+        request.labels = None  # the layers own the data now
+        self.image_name = request.image_name
+        self.show_protocol(0)
+        return new
+
+    def run(self, layer, m: int = 8, k: int = 20, seed: int = 0, confirm: Confirm | bool = True,
+            progress: Callable[[int, int], None] | None = None) -> list:
+        """Synchronous run (notebooks, tests): prepare, compute and apply in one call."""
+        request = self.prepare(layer, m, k, seed)
+        for done, total in compute(request, self.model):
+            if progress is not None:
+                progress(done, total)
+        return self.apply(request, confirm)
+
+    def _add_labels(self, data, name, request: RunRequest, meta: dict, names: dict | None = None):
+        k = meta["k"]
+        names = names or default_names(k)
+        layer = self.viewer.add_labels(
+            data, name=name, scale=request.scale, translate=request.translate,
+            features=names_table(names), metadata={TAG: {**meta, "crc": checksum(data), "edited": False}},
+            opacity=0.6,
+        )
+        if request.units is not None:
+            try:
+                layer.units = request.units
+            except Exception:  # units are a nicety; never fail a run over them
+                pass
+        return layer
+
+    # ----------------------------------------------------------------- browsing
+    def protocols(self, image_name: str | None = None) -> list:
+        """Protocol layers of ``image_name`` (default: the browsed image) in protocol order."""
+        name = image_name or self.image_name
+        return sorted(self.previous_layers(name), key=lambda ly: tag(ly)["protocol"])
+
+    def show_protocol(self, index: int) -> object | None:
+        """Show protocol ``index`` (0-based, wraps around) alone and select it."""
+        layers = self.protocols()
+        if not layers:
+            return None
+        self.current = index % len(layers)
+        for i, ly in enumerate(layers):
+            ly.visible = i == self.current
+        shown = layers[self.current]
+        self.viewer.layers.selection.active = shown
+        return shown
+
+    def step(self, delta: int = 1):
+        """Show the next (``delta=1``) or previous (``-1``) protocol alone."""
+        return self.show_protocol(self.current + delta)
+
+    def show_all(self) -> None:
+        for ly in self.protocols():
+            ly.visible = True
+
+    def set_grid(self, enabled: bool) -> None:
+        """napari's grid mode: every visible layer in its own tile (protocols side by side)."""
+        if enabled:
+            self.show_all()
+        self.viewer.grid.enabled = bool(enabled)
+
+    def current_slice(self) -> int:
+        """Index of the image of the set under the viewer's slider (0 for a 2D image)."""
+        layers = self.protocols()
+        if not layers or layers[0].ndim < 3:
+            return 0
+        world = self.viewer.dims.point
+        data_point = layers[0].world_to_data(world)
+        return int(np.clip(round(float(data_point[0])), 0, layers[0].data.shape[0] - 1))
+
+    def thumbnails(self, size: int = 96, slice_index: int | None = None) -> list[np.ndarray]:
+        """RGBA uint8 (size, size, 4) previews of every protocol on one image of the set."""
+        s = self.current_slice() if slice_index is None else slice_index
+        out = []
+        for ly in self.protocols():
+            plane = ly.data[s] if ly.ndim == 3 else ly.data
+            step = max(1, int(np.ceil(max(plane.shape) / size)))
+            small = np.asarray(plane[::step, ::step])
+            rgba = (np.asarray(ly.colormap.map(small.ravel())).reshape(small.shape + (4,)) * 255).astype(np.uint8)
+            rgba[..., 3] = 255
+            out.append(rgba)
+        return out
+
+    # ----------------------------------------------------------------- choosing
+    def choose(self, layer=None, confirm: Confirm | bool = True):
+        """Copy a protocol layer (default: the one shown) into the working layer "<image> chosen".
+
+        An existing chosen layer is replaced, after ``confirm`` if it was edited. Returns the
+        chosen layer, or None when declined.
+        """
+        if layer is None:
+            layers = self.protocols()
+            if not layers:
+                raise ValueError("no protocols yet: run Pancakes on an image first")
+            layer = layers[self.current % len(layers)]
+        info = tag(layer)
+        if info.get("role") != "protocol":
+            raise ValueError(f"layer '{layer.name}' is not a protocol layer made by this explorer")
+        source = info["source"]
+        name = chosen_name(source)
+        old = [ly for ly in self.viewer.layers if tag(ly).get("role") == "chosen" and tag(ly).get("source") == source]
+        if any(is_edited(ly) for ly in old) and not _ask(
+            confirm, f"'{name}' has edits (names, merges or painting). Replace it with protocol {info['protocol']}?"
+        ):
+            return None
+        for ly in old:
+            self.viewer.layers.remove(ly)
+        self.history = [e for e in self.history if e.layer not in old]
+        request = RunRequest(source, [], layer.data.shape, tuple(layer.scale), tuple(layer.translate),
+                             tuple(str(u) for u in layer.units) if getattr(layer, "units", None) is not None else None,
+                             info["m"], info["k"], info["seed"])
+        chosen = self._add_labels(np.array(layer.data, copy=True), name, request,
+                                  {**{k: v for k, v in info.items() if k not in ("crc", "edited")}, "role": "chosen"},
+                                  names=names_of(layer))
+        chosen.opacity = 0.7
+        for ly in self.protocols(source):
+            ly.visible = False
+        self.viewer.layers.selection.active = chosen
+        return chosen
+
+    def working(self, layer=None):
+        """The label map edits apply to: ``layer``, else the chosen layer of the browsed image."""
+        if layer is not None:
+            return layer
+        for ly in reversed(list(self.viewer.layers)):
+            if tag(ly).get("role") == "chosen" and (self.image_name is None or tag(ly).get("source") == self.image_name):
+                return ly
+        raise ValueError("no chosen label map yet: pick a protocol with 'Use this protocol' first")
+
+    # ----------------------------------------------------------------- naming and editing
+    def names(self, layer=None) -> dict[int, str]:
+        return names_of(self.working(layer))
+
+    def rename(self, label: int, name: str, layer=None) -> None:
+        """Give label ``label`` a name (shown by napari on hover through ``features``)."""
+        layer = self.working(layer)
+        label = int(label)
+        if label <= 0:
+            raise ValueError("label 0 is the background; it cannot be renamed")
+        name = str(name).strip()
+        if not name:
+            raise ValueError("a label name cannot be empty")
+        names = names_of(layer)
+        self._record(Edit(layer, "rename", dict(names)))
+        names[label] = name
+        _set_names(layer, names)
+
+    def merge(self, labels, layer=None, name: str | None = None) -> int:
+        """Merge ``labels`` into the smallest of them; returns the id they now share."""
+        layer = self.working(layer)
+        ids = sorted({int(v) for v in labels})
+        if len(ids) < 2:
+            raise ValueError("select at least two labels to merge")
+        if ids[0] <= 0:
+            raise ValueError("merge labels into each other, not into the background; use 'To background'")
+        target = ids[0]
+        names = names_of(layer)
+        self._relabel(layer, ids[1:], target, "merge", names)
+        for i in ids[1:]:
+            names.pop(i, None)
+        if name:
+            names[target] = str(name)
+        _set_names(layer, names)
+        return target
+
+    def to_background(self, label: int, layer=None) -> None:
+        """Send a label to the background (0): its pixels stop being a class."""
+        layer = self.working(layer)
+        label = int(label)
+        if label <= 0:
+            raise ValueError("label 0 already is the background")
+        names = names_of(layer)
+        self._relabel(layer, [label], 0, "background", names)
+        names.pop(label, None)
+        _set_names(layer, names)
+
+    def _relabel(self, layer, sources, target, kind, names) -> None:
+        data = layer.data
+        mask = np.isin(data, sources)
+        flat = np.flatnonzero(mask)
+        self._record(Edit(layer, kind, dict(names), flat, data.ravel()[flat].copy()))
+        data[mask] = target
+        layer.data = data  # refreshes the view and emits the data event
+        _mark_edited(layer)
+
+    def _record(self, edit: Edit) -> None:
+        self.history.append(edit)
+        del self.history[:-HISTORY_LIMIT]
+        _mark_edited(edit.layer)
+
+    def undo(self) -> str | None:
+        """Undo the last rename/merge/background; returns what was undone (None if nothing)."""
+        if not self.history:
+            return None
+        edit = self.history.pop()
+        layer = edit.layer
+        if edit.flat_index is not None:
+            data = layer.data
+            data.ravel()[edit.flat_index] = edit.old_values  # layer data is C-contiguous (we made it)
+            layer.data = data
+        _set_names(layer, edit.names)
+        return edit.kind
+
+    # ----------------------------------------------------------------- measuring and export
+    def measure(self, layer=None) -> list[dict]:
+        """Per-image, per-label areas (pixels and physical, from the layer scale)."""
+        layer = self.working(layer)
+        return label_areas(layer.data, tuple(layer.scale), names_of(layer))
+
+    def label_table(self, layer=None) -> list[dict]:
+        """One row per label: id, name, colour, per-image pixels and areas, images present in."""
+        layer = self.working(layer)
+        data = layer.data
+        n_images = data.shape[0] if data.ndim == 3 else 1
+        summary = area_summary(label_areas(data, tuple(layer.scale)), n_images)
+        names = names_of(layer)
+        rows = []
+        for label in sorted(set(summary) | {i for i in names if i > 0}):
+            entry = summary.get(label, {"per_image_pixels": [0] * n_images, "per_image_area": [0.0] * n_images, "present_in": 0})
+            rows.append({"label": label, "name": names.get(label, f"label {label}"),
+                         "color": tuple(float(c) for c in layer.get_color(label)), **entry})
+        return rows
+
+    def export(self, stem: str | Path, layer=None, formats=("tiff",), overwrite: bool = False) -> dict:
+        """Write the working label map, its names/colours JSON and its area CSV (see :mod:`..export`)."""
+        layer = self.working(layer)
+        names = names_of(layer)
+        colors = {i: layer.get_color(i) for i in names if i > 0}
+        return export_label_map(stem, layer.data, names=names, colors=colors, scale=tuple(layer.scale),
+                                formats=formats, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------- helpers
+def default_names(k: int) -> dict[int, str]:
+    return {0: "background", **{i: f"label {i}" for i in range(1, k + 1)}}
+
+
+def names_table(names: dict[int, str]) -> dict:
+    """``features`` for a Labels layer: napari matches the 'index' column to label ids."""
+    ids = sorted(names)
+    return {"index": np.array(ids, dtype=np.int64), "name": [names[i] for i in ids]}
+
+
+def names_of(layer) -> dict[int, str]:
+    feats = layer.features
+    if "index" not in feats or "name" not in feats:
+        return {0: "background"}
+    return {int(i): str(n) for i, n in zip(feats["index"], feats["name"])}
+
+
+def _set_names(layer, names: dict[int, str]) -> None:
+    layer.features = names_table(names)
+    _mark_edited(layer)
+
+
+def _mark_edited(layer) -> None:
+    meta = dict(layer.metadata)
+    meta[TAG] = {**meta.get(TAG, {}), "edited": True}
+    layer.metadata = meta
+
+
+def checksum(data) -> int:
+    return zlib.crc32(np.ascontiguousarray(data).view(np.uint8).ravel())
+
+
+def is_edited(layer) -> bool:
+    """Was the layer changed by the user (names, merges, painting) since we made it?"""
+    info = tag(layer)
+    return bool(info.get("edited")) or info.get("crc") != checksum(layer.data)
+
+
+def _ask(confirm: Confirm | bool, message: str) -> bool:
+    return bool(confirm) if isinstance(confirm, bool) else bool(confirm(message))

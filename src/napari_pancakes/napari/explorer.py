@@ -1,0 +1,447 @@
+"""The protocol explorer dock widget: a Qt view on :class:`.controller.ProtocolController`.
+
+Four panels, top to bottom, follow the data: Run (image, M, K, seed, progress, Cancel),
+Protocols (gallery of the M candidates on the current image, next/previous, grid, "Use this
+protocol"), Labels (names, colours, areas; merge, to background, undo) and Export.
+
+Inference runs in a ``napari.qt.threading`` generator worker that yields once per image, so
+the viewer keeps drawing and Cancel takes effect between images. Errors never escape as
+tracebacks: they end as a ``show_error`` notification and leave the layers as they were.
+"""
+from __future__ import annotations
+
+import numpy as np
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QColor, QIcon, QImage, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..model import K_RANGE, M_RANGE
+from .controller import ProtocolController, compute, tag
+
+# Single-letter viewer shortcuts (letters napari leaves free in 0.9; never Ctrl+Q).
+SHORTCUTS = {"n": "next protocol", "h": "previous protocol", "u": "use the shown protocol"}
+THUMB = 84
+
+
+@thread_worker
+def _run_in_thread(controller: ProtocolController, request):
+    """Load the model if needed and segment image by image; errors are returned, not raised,
+    so that napari never turns them into a traceback dialog."""
+    try:
+        model = controller.model
+        yield 0, len(request.images)
+        yield from compute(request, model)
+    except Exception as exc:  # reported to the user by _on_returned
+        return exc
+    return request
+
+
+class ExplorerWidget(QWidget):
+    """Dock widget: run Pancakes on an image layer, browse the M protocols, choose, name, export.
+
+    Arguments:
+        napari_viewer: the viewer (npe2 passes it).
+        model: inject a model (tests); None loads the bundled weights on the first run.
+    """
+
+    def __init__(self, napari_viewer, model=None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.controller = ProtocolController(napari_viewer, model=model)
+        self.worker = None
+        self.last_message = ""  # the last notification, for tests and scripts
+        self._filling_table = False
+        self._shown_slice = None
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._build_run_panel())
+        layout.addWidget(self._build_protocol_panel())
+        layout.addWidget(self._build_label_panel())
+        layout.addWidget(self._build_export_panel())
+        layout.addStretch(1)
+
+        layers = self.viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+            event.connect(self._refresh_layer_choices)
+        self.viewer.dims.events.current_step.connect(self._on_slice_changed)
+        self._refresh_layer_choices()
+        self._bind_keys()
+
+    # ----------------------------------------------------------------- panels
+    def _build_run_panel(self) -> QGroupBox:
+        box = QGroupBox("Run")
+        form = QFormLayout(box)
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("The set: an (S, H, W) stack, one 2D image, RGB, or a (Z, Y, X) volume (set of slices)")
+        self.layer_combo.currentTextChanged.connect(self._on_layer_changed)
+        form.addRow("image", self.layer_combo)
+        self.m_spin = _spin(*M_RANGE, 8, "number of candidate protocols M")
+        self.k_spin = _spin(*K_RANGE, 20, "labels per protocol K")
+        self.seed_spin = _spin(0, 2**31 - 1, 0, "0 gives the canonical protocols; other seeds other draws")
+        form.addRow("protocols M", self.m_spin)
+        form.addRow("labels K", self.k_spin)
+        form.addRow("seed", self.seed_spin)
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.start_run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_run)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        form.addRow(row)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m images")
+        self.progress.setValue(0)
+        form.addRow(self.progress)
+        return box
+
+    def _build_protocol_panel(self) -> QGroupBox:
+        box = QGroupBox("Protocols (N next, H previous, U use)")
+        layout = QVBoxLayout(box)
+        self.gallery = QWidget()
+        self.gallery_layout = QGridLayout(self.gallery)
+        self.gallery_layout.setContentsMargins(0, 0, 0, 0)
+        self.gallery_buttons: list[QToolButton] = []
+        layout.addWidget(self.gallery)
+        row = QHBoxLayout()
+        self.prev_button = QPushButton("< Prev")
+        self.prev_button.clicked.connect(lambda: self.step(-1))
+        self.next_button = QPushButton("Next >")
+        self.next_button.clicked.connect(lambda: self.step(1))
+        self.grid_check = QCheckBox("grid")
+        self.grid_check.setToolTip("napari grid mode: all protocols side by side")
+        self.grid_check.toggled.connect(self.controller.set_grid)
+        for w in (self.prev_button, self.next_button, self.grid_check):
+            row.addWidget(w)
+        layout.addLayout(row)
+        self.choose_button = QPushButton("Use this protocol")
+        self.choose_button.setToolTip("Copy the shown protocol to '<image> chosen', the label map you name, edit and export")
+        self.choose_button.clicked.connect(self.choose)
+        layout.addWidget(self.choose_button)
+        return box
+
+    def _build_label_panel(self) -> QGroupBox:
+        box = QGroupBox("Labels of the chosen protocol")
+        layout = QVBoxLayout(box)
+        self.table = QTableWidget(0, 6)
+        self.table.setHorizontalHeaderLabels(["id", "", "name", "images", "px (this image)", "area (this image)"])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.Stretch)
+        self.table.setMinimumHeight(160)
+        self.table.itemChanged.connect(self._on_item_changed)
+        layout.addWidget(self.table)
+        row = QHBoxLayout()
+        self.merge_button = QPushButton("Merge selected")
+        self.merge_button.clicked.connect(self.merge_selected)
+        self.background_button = QPushButton("To background")
+        self.background_button.clicked.connect(self.selected_to_background)
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.clicked.connect(self.undo)
+        for w in (self.merge_button, self.background_button, self.undo_button):
+            row.addWidget(w)
+        layout.addLayout(row)
+        return box
+
+    def _build_export_panel(self) -> QGroupBox:
+        box = QGroupBox("Export the chosen label map")
+        layout = QHBoxLayout(box)
+        self.format_checks = {fmt: QCheckBox(label) for fmt, label in (("tiff", "TIFF"), ("png", "PNG"), ("nifti", "NIfTI"))}
+        self.format_checks["tiff"].setChecked(True)
+        for check in self.format_checks.values():
+            layout.addWidget(check)
+        self.export_button = QPushButton("Export...")
+        self.export_button.setToolTip("Label map + <name>.labels.json (names, colours) + <name>.areas.csv")
+        self.export_button.clicked.connect(self._export_dialog)
+        layout.addWidget(self.export_button)
+        return box
+
+    # ----------------------------------------------------------------- messages
+    def notify(self, message: str, error: bool = False) -> None:
+        self.last_message = message
+        (show_error if error else show_info)(message)
+
+    def confirm(self, message: str) -> bool:
+        """Ask the user (replaced by a stub in tests)."""
+        answer = QMessageBox.question(self, "napari-pancakes", message, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    # ----------------------------------------------------------------- run
+    def _refresh_layer_choices(self, event=None) -> None:
+        current = self.layer_combo.currentText()
+        names = [ly.name for ly in self.viewer.layers if not tag(ly)]
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        images = [ly.name for ly in self.viewer.layers if type(ly).__name__ == "Image"]
+        keep = current if current in names else (images[-1] if images else (names[-1] if names else ""))
+        self.layer_combo.setCurrentText(keep)
+        self.layer_combo.blockSignals(False)
+        if keep != current:
+            self._on_layer_changed(keep)
+
+    def _on_layer_changed(self, name: str) -> None:
+        if name and self.controller.protocols(name):
+            self.controller.image_name = name
+            self.refresh_gallery()
+            self.refresh_table()
+
+    def selected_layer(self):
+        name = self.layer_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def start_run(self) -> bool:
+        """Validate the choices and start the worker; False (and a message) if they are not valid."""
+        if self.worker is not None:
+            self.notify("a run is already in progress; cancel it first", error=True)
+            return False
+        try:
+            request = self.controller.prepare(self.selected_layer(), self.m_spin.value(), self.k_spin.value(),
+                                              self.seed_spin.value())
+        except ValueError as exc:
+            self.notify(str(exc), error=True)
+            return False
+        self.progress.setRange(0, len(request.images))
+        self.progress.setValue(0)
+        self.worker = _run_in_thread(self.controller, request)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.worker.start()
+        return True
+
+    def cancel_run(self) -> None:
+        """Ask the worker to stop after the current image; nothing is added."""
+        if self.worker is not None:
+            self.worker.quit()
+            self.cancel_button.setEnabled(False)
+
+    def _on_progress(self, value) -> None:
+        done, total = value
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _on_returned(self, result) -> None:
+        if isinstance(result, Exception):
+            self.notify(f"Pancakes run failed: {result}", error=True)
+            return
+        try:
+            layers = self.controller.apply(result, confirm=self.confirm)
+        except Exception as exc:  # e.g. the image layer was removed while the worker ran
+            self.notify(f"could not add the protocols: {exc}", error=True)
+            return
+        if not layers:
+            self.notify("kept the previous (edited) protocols; the new run was discarded")
+            return
+        self.notify(f"{len(layers)} protocols of '{result.image_name}' added; N/H step through them, U uses one")
+        self.refresh_gallery()
+
+    def _on_aborted(self) -> None:
+        self.notify("run cancelled; nothing was changed")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    # ----------------------------------------------------------------- browsing
+    def refresh_gallery(self) -> None:
+        """One thumbnail button per protocol, on the image under the slider."""
+        for button in self.gallery_buttons:
+            self.gallery_layout.removeWidget(button)
+            button.deleteLater()
+        self.gallery_buttons = []
+        protocols = self.controller.protocols() if self.controller.image_name else []
+        thumbs = self.controller.thumbnails(THUMB) if protocols else []
+        self._shown_slice = self.controller.current_slice() if protocols else None
+        columns = 4
+        for i, (layer, rgba) in enumerate(zip(protocols, thumbs)):
+            button = QToolButton()
+            button.setToolButtonStyle(Qt.ToolButtonTextUnderIcon)
+            button.setIcon(QIcon(_pixmap(rgba)))
+            button.setIconSize(QSize(THUMB, THUMB))
+            button.setText(str(tag(layer)["protocol"]))
+            button.setToolTip(layer.name)
+            button.setCheckable(True)
+            button.setChecked(i == self.controller.current)
+            button.clicked.connect(lambda _=False, i=i: self.show_protocol(i))
+            self.gallery_layout.addWidget(button, i // columns, i % columns)
+            self.gallery_buttons.append(button)
+
+    def _on_slice_changed(self, event=None) -> None:
+        if self.controller.image_name and self.controller.protocols():
+            if self.controller.current_slice() != self._shown_slice:
+                self.refresh_gallery()
+                self.refresh_table()
+
+    def show_protocol(self, index: int) -> None:
+        self.grid_check.setChecked(False)
+        self.controller.show_protocol(index)
+        for i, button in enumerate(self.gallery_buttons):
+            button.setChecked(i == self.controller.current)
+
+    def step(self, delta: int) -> None:
+        self.show_protocol(self.controller.current + delta)
+
+    def _bind_keys(self) -> None:
+        actions = {"n": lambda viewer: self.step(1), "h": lambda viewer: self.step(-1), "u": lambda viewer: self.choose()}
+        for key, func in actions.items():
+            self.viewer.bind_key(key, func, overwrite=True)
+
+    # ----------------------------------------------------------------- choosing and naming
+    def choose(self) -> None:
+        try:
+            chosen = self.controller.choose(confirm=self.confirm)
+        except ValueError as exc:
+            self.notify(str(exc), error=True)
+            return
+        if chosen is not None:
+            self.notify(f"'{chosen.name}' is the working label map: name, merge and export it")
+        self.refresh_table()
+
+    def refresh_table(self) -> None:
+        """Fill the label table from the chosen layer (areas on the image under the slider)."""
+        try:
+            layer = self.controller.working()
+            rows = self.controller.label_table(layer)
+        except ValueError:
+            layer, rows = None, []
+        s = self.controller.current_slice() if layer is not None else 0
+        unit = _area_unit(layer)
+        self.table.setHorizontalHeaderItem(5, QTableWidgetItem(f"area ({unit})"))
+        self._filling_table = True
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            n_images = len(row["per_image_pixels"])
+            cells = [
+                _item(str(row["label"])),
+                _item("", color=row["color"]),
+                _item(row["name"], editable=True),
+                _item(f"{row['present_in']}/{n_images}"),
+                _item(str(row["per_image_pixels"][s])),
+                _item(f"{row['per_image_area'][s]:.4g}"),
+            ]
+            for c, item in enumerate(cells):
+                self.table.setItem(r, c, item)
+        self._filling_table = False
+
+    def _on_item_changed(self, item: QTableWidgetItem) -> None:
+        if self._filling_table or item.column() != 2:
+            return
+        label = int(self.table.item(item.row(), 0).text())
+        try:
+            self.controller.rename(label, item.text())
+        except ValueError as exc:
+            self.notify(str(exc), error=True)
+            self.refresh_table()
+
+    def selected_labels(self) -> list[int]:
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        return [int(self.table.item(r, 0).text()) for r in rows]
+
+    def merge_selected(self) -> None:
+        self._edit(lambda: self.controller.merge(self.selected_labels()))
+
+    def selected_to_background(self) -> None:
+        labels = self.selected_labels()
+        if not labels:
+            self.notify("select a label in the table first", error=True)
+            return
+        self._edit(lambda: [self.controller.to_background(label) for label in labels])
+
+    def undo(self) -> None:
+        done = self.controller.undo()
+        self.notify(f"undid {done}" if done else "nothing to undo")
+        self.refresh_table()
+
+    def _edit(self, action) -> None:
+        try:
+            action()
+        except ValueError as exc:
+            self.notify(str(exc), error=True)
+        self.refresh_table()
+
+    # ----------------------------------------------------------------- export
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export chosen label map (stem)", "", "TIFF (*.tif)")
+        if path:
+            self.export_to(path)
+
+    def export_to(self, stem: str, formats=None) -> dict | None:
+        """Export the chosen layer; asks before overwriting. Returns the written paths or None."""
+        formats = formats or [fmt for fmt, check in self.format_checks.items() if check.isChecked()]
+        try:
+            try:
+                written = self.controller.export(stem, formats=formats)
+            except FileExistsError as exc:
+                if not self.confirm(f"{exc}. Overwrite?"):
+                    self.notify("export cancelled; no file was changed")
+                    return None
+                written = self.controller.export(stem, formats=formats, overwrite=True)
+        except (ValueError, OSError) as exc:
+            self.notify(f"export failed: {exc}", error=True)
+            return None
+        n = sum(len(v) for v in written.values())
+        self.notify(f"wrote {n} files next to {written['names'][0].parent}")
+        return written
+
+    def closeEvent(self, event) -> None:
+        self.cancel_run()
+        super().closeEvent(event)
+
+
+# --------------------------------------------------------------------- small Qt helpers
+def _spin(lo: int, hi: int, value: int, tip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(lo, hi)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+def _item(text: str, editable: bool = False, color=None) -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    flags = Qt.ItemIsSelectable | Qt.ItemIsEnabled | (Qt.ItemIsEditable if editable else Qt.NoItemFlags)
+    item.setFlags(flags)
+    if color is not None:
+        item.setBackground(QColor.fromRgbF(*[float(c) for c in color[:3]]))
+    return item
+
+
+def _pixmap(rgba: np.ndarray) -> QPixmap:
+    rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
+    h, w, _ = rgba.shape
+    image = QImage(rgba.data, w, h, 4 * w, QImage.Format_RGBA8888)
+    return QPixmap.fromImage(image.copy())
+
+
+def _area_unit(layer) -> str:
+    units = getattr(layer, "units", None) if layer is not None else None
+    unit = str(units[-1]) if units is not None else "pixel"
+    return f"{unit}²"

@@ -1,0 +1,147 @@
+"""The Qt-free controller does everything the widget does, on a headless ViewerModel."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+
+from napari_pancakes.napari.controller import ProtocolController, is_edited, tag
+from napari_pancakes.napari.sample_data import synthetic_blobs
+
+
+@pytest.fixture(scope="module")
+def model():
+    from napari_pancakes.io_weights import DEFAULT_WEIGHTS, load_model
+    from napari_pancakes.model import Pancakes
+
+    return load_model(device="cpu") if DEFAULT_WEIGHTS.is_file() else Pancakes().eval()
+
+
+@pytest.fixture
+def setup(model):
+    viewer = ViewerModel()
+    image = viewer.add_image(synthetic_blobs(n_images=3, size=64), name="blobs", scale=(1, 0.5, 0.25))
+    return viewer, image, ProtocolController(viewer, model=model)
+
+
+def test_controller_and_export_import_no_qt():
+    code = (
+        "import sys, napari_pancakes.napari.controller, napari_pancakes.export, napari_pancakes.napari.sample_data;"
+        "bad = [m for m in sys.modules if m.startswith(('PyQt5', 'PySide', 'qtpy'))]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_adds_aligned_protocol_layers(setup):
+    viewer, image, ctl = setup
+    layers = ctl.run(image, m=2, k=3)
+    assert [ly.name for ly in layers] == ["blobs protocol 1 (K=3)", "blobs protocol 2 (K=3)"]
+    for ly in layers:
+        assert ly.data.shape == (3, 64, 64)
+        assert ly.data.min() >= 1 and ly.data.max() <= 3  # model labels + 1: 0 stays background
+        assert tuple(ly.scale) == (1, 0.5, 0.25)
+        assert tag(ly)["role"] == "protocol" and tag(ly)["source"] == "blobs"
+    assert [ly.visible for ly in layers] == [True, False]  # first protocol shown alone
+    assert len(ctl.thumbnails(32)) == 2
+
+
+def test_rerun_replaces_and_asks_when_edited(setup):
+    viewer, image, ctl = setup
+    first = ctl.run(image, m=2, k=3)
+    ctl.run(image, m=2, k=3, seed=3)
+    assert len(viewer.layers) == 3 and all(ly not in viewer.layers for ly in first)
+    painted = ctl.protocols()[0]
+    painted.data[0, :4, :4] = 2 if painted.data[0, 0, 0] != 2 else 3
+    assert is_edited(painted)
+    asked = []
+    assert ctl.run(image, m=2, k=3, confirm=lambda msg: asked.append(msg) or False) == []
+    assert asked and painted in viewer.layers  # declined: the edited layers stay
+    assert len(ctl.run(image, m=2, k=3, confirm=True)) == 2 and painted not in viewer.layers
+
+
+def test_choose_rename_merge_background_undo(setup):
+    viewer, image, ctl = setup
+    ctl.run(image, m=2, k=3)
+    ctl.step(1)
+    chosen = ctl.choose()
+    assert chosen.name == "blobs chosen" and tag(chosen)["protocol"] == 2
+    chosen.data[:] = 1
+    chosen.data[:, :10] = 2
+    chosen.data[:, 10:20] = 3
+    ctl.rename(2, "nucleus")
+    feats = chosen.features
+    assert feats.loc[feats["index"] == 2, "name"].item() == "nucleus"
+    assert ctl.merge([2, 3]) == 2
+    assert set(np.unique(chosen.data)) == {1, 2} and 3 not in ctl.names()
+    ctl.to_background(1)
+    assert set(np.unique(chosen.data)) == {0, 2}
+    assert ctl.undo() == "background" and set(np.unique(chosen.data)) == {1, 2}
+    assert ctl.undo() == "merge" and set(np.unique(chosen.data)) == {1, 2, 3}
+    assert ctl.undo() == "rename" and ctl.names()[2] == "label 2"
+    assert ctl.undo() is None
+
+
+def test_measure_uses_scale(setup):
+    viewer, image, ctl = setup
+    ctl.run(image, m=1, k=2)
+    chosen = ctl.choose()
+    chosen.data[:] = 1
+    chosen.data[0, :8, :8] = 2
+    rows = {(r["image"], r["label"]): r for r in ctl.measure()}
+    assert rows[(0, 2)]["pixels"] == 64 and rows[(0, 2)]["area"] == pytest.approx(64 * 0.5 * 0.25)
+    table = {r["label"]: r for r in ctl.label_table()}
+    assert table[2]["present_in"] == 1 and table[1]["present_in"] == 3
+
+
+def test_export_round_trip(setup, tmp_path):
+    viewer, image, ctl = setup
+    ctl.run(image, m=1, k=2)
+    chosen = ctl.choose()
+    ctl.rename(1, "cell")
+    paths = ctl.export(tmp_path / "out", formats=("tiff", "png"))
+    with pytest.raises(FileExistsError):
+        ctl.export(tmp_path / "out")
+    from napari_pancakes.napari._io import get_reader
+
+    [(data, attrs, kind)] = get_reader(str(paths["names"][0]))(str(paths["names"][0]))
+    assert kind == "labels"
+    np.testing.assert_array_equal(data, chosen.data)
+    assert "cell" in list(attrs["features"]["name"]) and attrs["scale"] == [1, 0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda v: None, "no image layer"),
+        (lambda v: v.add_labels(np.zeros((8, 8), np.uint8)), "Labels layer"),
+        (lambda v: v.add_image(np.zeros((2, 3, 8, 8))), "spatial dimensions"),
+    ],
+)
+def test_bad_layers_are_refused_with_a_message(model, make, message):
+    viewer = ViewerModel()
+    ctl = ProtocolController(viewer, model=model)
+    with pytest.raises(ValueError, match=message):
+        ctl.prepare(make(viewer), 2, 3)
+    with pytest.raises(ValueError, match="k"):
+        ctl.prepare(viewer.add_image(np.zeros((8, 8))), 2, 99)
+
+
+def test_rgb_and_2d_images(model):
+    viewer = ViewerModel()
+    ctl = ProtocolController(viewer, model=model)
+    rgb = viewer.add_image(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8), name="rgb",
+                           scale=(2, 3))
+    [layer] = ctl.run(rgb, m=1, k=2)
+    assert layer.data.shape == (40, 50) and tuple(layer.scale) == (2, 3)
+
+
+def test_sample_data_is_deterministic():
+    from napari_pancakes.napari.sample_data import make_blobs_sample, make_nuclei_sample
+
+    a = synthetic_blobs()
+    np.testing.assert_array_equal(a, synthetic_blobs())
+    assert a.shape == (5, 192, 192)
+    [(nuclei, meta, kind)] = make_nuclei_sample()
+    assert nuclei.shape == (6, 256, 256) and kind == "image"
+    assert make_blobs_sample()[0][0].shape == (5, 192, 192)

@@ -1,0 +1,67 @@
+"""Export writes label maps that read back identically and never overwrites silently."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from napari_pancakes.export import export_label_map, label_areas, read_label_map
+
+
+def _labels():
+    lab = np.zeros((3, 10, 12), np.uint8)
+    lab[0, :5] = 1
+    lab[1, :, :6] = 2
+    lab[2] = 3
+    return lab
+
+
+def test_areas_use_scale():
+    rows = label_areas(_labels(), scale=(1, 0.5, 2.0), names={1: "top"})
+    first = rows[0]
+    assert first == {"image": 0, "label": 1, "name": "top", "pixels": 60, "area": 60.0}
+    assert {(r["image"], r["label"]) for r in rows} == {(0, 1), (1, 2), (2, 3)}
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "png", "nifti"])
+def test_round_trip(tmp_path, fmt):
+    lab = _labels()
+    paths = export_label_map(tmp_path / "chosen", lab, names={1: "a", 2: "b"}, colors={1: (1, 0, 0)},
+                             scale=(2, 0.5, 0.5), formats=(fmt,))
+    back, meta = read_label_map(paths["names"][0])
+    np.testing.assert_array_equal(back, lab)
+    assert meta["names"][1] == "a" and meta["names"][0] == "background"
+    assert meta["colors"][1] == "#ff0000"
+    with open(paths["areas"][0]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["name"] == "a" and float(rows[0]["area"]) == pytest.approx(60 * 0.25)
+
+
+def test_png_and_nifti_readable_by_standard_readers(tmp_path):
+    import imageio.v3 as iio
+    import nibabel as nib
+
+    lab = _labels()
+    paths = export_label_map(tmp_path / "x", lab, formats=("png", "nifti"), scale=(3, 1, 1))
+    assert len(paths["png"]) == 3
+    np.testing.assert_array_equal(iio.imread(paths["png"][1]), lab[1])
+    vol = nib.load(paths["nifti"][0])
+    assert vol.shape == (12, 10, 3) and vol.header.get_zooms()[2] == 3
+
+
+def test_never_overwrites_silently(tmp_path):
+    lab = _labels()
+    export_label_map(tmp_path / "x", lab)
+    before = (tmp_path / "x.labels.json").read_text()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_label_map(tmp_path / "x", lab * 0, names={1: "changed"})
+    assert (tmp_path / "x.labels.json").read_text() == before  # nothing was touched
+    export_label_map(tmp_path / "x", lab * 0, names={1: "changed"}, overwrite=True)
+    assert json.loads((tmp_path / "x.labels.json").read_text())["labels"][-1]["name"] == "changed"
+
+
+def test_bad_input_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="label map"):
+        export_label_map(tmp_path / "x", np.zeros((2, 2, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="format"):
+        export_label_map(tmp_path / "x", _labels(), formats=("jpeg",))

@@ -45,6 +45,13 @@ SHORTCUTS = {"n": "next protocol", "h": "previous protocol", "u": "use the shown
 THUMB = 84
 
 
+class _Failure:
+    """A run's exception, wrapped: superqt re-raises a returned Exception instance."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+
 @thread_worker
 def _run_in_thread(controller: ProtocolController, request):
     """Load the model if needed and segment image by image; errors are returned, not raised,
@@ -54,7 +61,7 @@ def _run_in_thread(controller: ProtocolController, request):
         yield 0, len(request.images)
         yield from compute(request, model)
     except Exception as exc:  # reported to the user by _on_returned
-        return exc
+        return _Failure(exc)
     return request
 
 
@@ -248,8 +255,8 @@ class ExplorerWidget(QWidget):
         self.progress.setValue(done)
 
     def _on_returned(self, result) -> None:
-        if isinstance(result, Exception):
-            self.notify(f"Pancakes run failed: {result}", error=True)
+        if isinstance(result, _Failure):
+            self.notify(f"Pancakes run failed: {result.exc}", error=True)
             return
         try:
             layers = self.controller.apply(result, confirm=self.confirm)

@@ -1,0 +1,142 @@
+"""The dock widget on a real napari viewer: run in a worker, browse, choose, rename, export, cancel, bad input."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from napari_pancakes.napari.controller import tag
+from napari_pancakes.napari.sample_data import synthetic_blobs
+
+WAIT_MS = 60_000
+
+# napari's canvas needs OpenGL; on Linux that needs an X server (CI: xvfb-run / pytest-xvfb).
+pytestmark = pytest.mark.skipif(
+    sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
+    reason="no display for OpenGL: run under xvfb-run",
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from napari_pancakes.io_weights import DEFAULT_WEIGHTS, load_model
+    from napari_pancakes.model import Pancakes
+
+    return load_model(device="cpu") if DEFAULT_WEIGHTS.is_file() else Pancakes().eval()
+
+
+@pytest.fixture
+def widget(make_napari_viewer, model):
+    from napari_pancakes.napari.explorer import ExplorerWidget
+
+    viewer = make_napari_viewer()
+    w = ExplorerWidget(viewer, model=model)
+    viewer.window.add_dock_widget(w)
+    w.confirm = lambda message: True  # no modal dialogs in tests
+    return w
+
+
+def _run(qtbot, w, m=2, k=3):
+    assert w.start_run(), w.last_message
+    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+
+
+def _protocols(viewer):
+    return [ly for ly in viewer.layers if tag(ly).get("role") == "protocol"]
+
+
+def test_manifest_opens_widget_and_sample(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-pancakes", "Protocol explorer")
+    assert type(widget).__name__ == "ExplorerWidget"
+    viewer.open_sample("napari-pancakes", "nuclei")
+    assert viewer.layers[-1].data.shape == (6, 256, 256)
+    assert widget.layer_combo.currentText() == "nuclei"
+
+
+def test_run_browse_choose_rename_export(qtbot, widget, tmp_path):
+    w, viewer = widget, widget.viewer
+    viewer.open_sample("napari-pancakes", "nuclei")
+    w.m_spin.setValue(2)
+    w.k_spin.setValue(3)
+    _run(qtbot, w)
+    layers = _protocols(viewer)
+    assert [ly.name for ly in layers] == ["nuclei protocol 1 (K=3)", "nuclei protocol 2 (K=3)"]
+    assert all(ly.data.shape == (6, 256, 256) for ly in layers)
+    assert w.progress.value() == 6 and len(w.gallery_buttons) == 2
+
+    w.gallery_buttons[1].click()
+    assert [ly.visible for ly in layers] == [False, True]
+    w.step(1)  # wraps around
+    assert [ly.visible for ly in layers] == [True, False]
+
+    w.choose()
+    chosen = viewer.layers["nuclei chosen"]
+    assert w.table.rowCount() >= 1
+    label = int(w.table.item(0, 0).text())
+    w.table.item(0, 2).setText("nucleus")  # edit the name cell as a user would
+    feats = chosen.features
+    assert feats.loc[feats["index"] == label, "name"].item() == "nucleus"
+
+    written = w.export_to(str(tmp_path / "chosen"), formats=["tiff"])
+    assert written is not None
+    viewer.open(str(written["names"][0]), plugin="napari-pancakes")
+    back = viewer.layers[-1]
+    np.testing.assert_array_equal(back.data, chosen.data)
+    assert "nucleus" in list(back.features["name"])
+
+    # overwriting asks; declining writes nothing
+    w.confirm = lambda message: False
+    assert w.export_to(str(tmp_path / "chosen"), formats=["tiff"]) is None
+
+
+def test_run_twice_replaces(qtbot, widget):
+    w, viewer = widget, widget.viewer
+    viewer.add_image(synthetic_blobs(n_images=2, size=48), name="blobs")
+    w.m_spin.setValue(2)
+    w.k_spin.setValue(3)
+    _run(qtbot, w)
+    _run(qtbot, w)
+    assert len(_protocols(viewer)) == 2 and len(viewer.layers) == 3
+
+
+def test_cancel_leaves_viewer_unchanged(qtbot, widget):
+    w, viewer = widget, widget.viewer
+    viewer.add_image(synthetic_blobs(n_images=5, size=64), name="blobs")
+    w.m_spin.setValue(2)
+    w.k_spin.setValue(3)
+    assert w.start_run()
+    w.cancel_run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+    assert len(viewer.layers) == 1
+    assert "cancel" in w.last_message
+
+
+@pytest.mark.parametrize(
+    "add, message",
+    [
+        (lambda v: None, "no image layer"),
+        (lambda v: v.add_labels(np.zeros((16, 16), np.uint8), name="lab"), "Labels layer"),
+        (lambda v: v.add_image(np.zeros((2, 2, 16, 16)), name="4d"), "spatial dimensions"),
+    ],
+)
+def test_bad_layer_choices_give_a_message(widget, add, message):
+    w, viewer = widget, widget.viewer
+    add(viewer)
+    n_layers = len(viewer.layers)
+    assert w.start_run() is False
+    assert message in w.last_message and w.worker is None
+    assert len(viewer.layers) == n_layers
+
+
+def test_failed_run_shows_error_and_changes_nothing(qtbot, widget):
+    w, viewer = widget, widget.viewer
+
+    def broken_loader():
+        raise FileNotFoundError("weights file not found: nowhere.safetensors")
+
+    w.controller._model = None
+    w.controller._model_loader = broken_loader
+    viewer.add_image(synthetic_blobs(n_images=2, size=32), name="blobs")
+    _run(qtbot, w)
+    assert "weights file not found" in w.last_message and len(viewer.layers) == 1

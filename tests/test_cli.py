@@ -56,3 +56,13 @@ def test_cli_bad_inputs(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert main(["segment", str(tmp_path / "empty"), "--m", "99", "--out", str(tmp_path / "o")]) == 2
     assert "must be in" in capsys.readouterr().err
+
+
+def test_cli_sample_with_bundled_weights(tmp_path):
+    import tifffile
+
+    out = tmp_path / "demo"
+    assert main(["segment", "--sample", "--m", "2", "--k", "4", "--out", str(out)]) == 0
+    labels = tifffile.imread(next((out / "protocol_01").glob("*.tif")))
+    assert labels.ndim == 3 and labels.max() < 4
+    assert (out / "preview.png").exists()

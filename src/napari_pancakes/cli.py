@@ -38,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sample_inputs() -> list[Path]:
-    files = sorted(p for p in SAMPLE_DIR.glob("*.png")) if SAMPLE_DIR.is_dir() else []
-    if not files:
-        raise ValueError(f"no bundled sample images found in {SAMPLE_DIR}")
-    return files
+    """The bundled real sample set (nuclei microscopy, CC0)."""
+    from .io import expand_inputs
+
+    return [p for p in expand_inputs([SAMPLE_DIR]) if "nuclei" in p.name]
 
 
 def run_segment(args) -> dict:

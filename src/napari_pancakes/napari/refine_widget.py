@@ -1,0 +1,338 @@
+"""Refine one label of a chosen protocol with clicks (dock widget).
+
+Works on any Labels layer aligned with an Image layer (S, H, W) or (H, W): pick both, the
+label id and the slice, press Refine, click on the canvas (left: positive; with the
+'negative' box, the 'n' key, or Ctrl/Alt held: negative). The preview updates after each
+click; Accept writes the refined mask into that slice of the labels only.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+PREVIEW_NAME = "refine preview"
+POINTS_NAME = "refine clicks"
+THREAD_ABOVE_S = 0.05  # model calls slower than this (measured at start) go to a thread worker
+POS_COLOR, NEG_COLOR = "lime", "red"
+
+
+class RefineWidget(QWidget):
+    """Dock widget driving a :class:`~napari_pancakes.refine.RefineSession` on one slice."""
+
+    def __init__(self, napari_viewer, refiner=None, refiner_loader: Callable | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._refiner = refiner
+        self._loader = refiner_loader
+        self.session = None
+        self.use_thread = False
+        self.worker = None
+        self._pending: list[tuple[float, float, bool]] = []
+        self._target = None  # (image layer, labels layer, slice index or None, label id)
+        self._old_n_binding = None
+        self.last_message = ""
+
+        self.image_combo, self.labels_combo = QComboBox(), QComboBox()
+        self.label_spin = QSpinBox()
+        self.label_spin.setRange(1, 2**31 - 1)
+        self.slice_spin = QSpinBox()
+        self.slice_spin.setRange(0, 0)
+        self.negative_box = QCheckBox("negative clicks (n)")
+        self.auto_box = QCheckBox("seed with automatic clicks from the label")
+        self.buttons = {name: QPushButton(name) for name in ("Refine", "Undo", "Redo", "Clear", "Accept", "Cancel")}
+        self.status = QLabel("choose the labels and image layers, then Refine")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("labels", self.labels_combo)
+        form.addRow("image", self.image_combo)
+        form.addRow("label id", self.label_spin)
+        form.addRow("image index", self.slice_spin)
+        row1, row2 = QHBoxLayout(), QHBoxLayout()
+        for name in ("Refine", "Undo", "Redo"):
+            row1.addWidget(self.buttons[name])
+        for name in ("Clear", "Accept", "Cancel"):
+            row2.addWidget(self.buttons[name])
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.negative_box)
+        lay.addWidget(self.auto_box)
+        lay.addLayout(row1)
+        lay.addLayout(row2)
+        lay.addWidget(self.status)
+        lay.addStretch()
+
+        self.buttons["Refine"].clicked.connect(lambda: self.start())
+        self.buttons["Undo"].clicked.connect(lambda: self.undo())
+        self.buttons["Redo"].clicked.connect(lambda: self.redo())
+        self.buttons["Clear"].clicked.connect(lambda: self.clear())
+        self.buttons["Accept"].clicked.connect(lambda: self.accept())
+        self.buttons["Cancel"].clicked.connect(lambda: self.cancel())
+        self.labels_combo.currentIndexChanged.connect(self._labels_changed)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.dims.events.current_step.connect(self._follow_slice)
+        self._refresh_layers()
+        self._update_buttons()
+
+    # --- layer choice ----------------------------------------------------------------------
+    def _layers(self, kind: str) -> list:
+        from napari.layers import Image, Labels
+
+        cls = Labels if kind == "labels" else Image
+        return [ly for ly in self.viewer.layers if isinstance(ly, cls) and ly.name != PREVIEW_NAME]
+
+    def _refresh_layers(self, event=None):
+        for combo, kind in ((self.labels_combo, "labels"), (self.image_combo, "image")):
+            current = combo.currentText()
+            names = [ly.name for ly in self._layers(kind)]
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+        self._labels_changed()
+
+    def _labels_changed(self, index=None):
+        labels = self._layer(self.labels_combo.currentText())
+        if labels is None:
+            return
+        self.label_spin.setValue(max(1, int(labels.selected_label)))
+        self.slice_spin.setRange(0, labels.data.shape[0] - 1 if labels.ndim == 3 else 0)
+        self._follow_slice()
+
+    def _follow_slice(self, event=None):
+        labels = self._layer(self.labels_combo.currentText())
+        if labels is None or labels.ndim != 3 or self.session is not None:
+            return
+        s = int(np.round(labels.world_to_data(self.viewer.dims.point)[0]))
+        self.slice_spin.setValue(int(np.clip(s, 0, labels.data.shape[0] - 1)))
+
+    def _layer(self, name: str):
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    # --- the model ---------------------------------------------------------------------------
+    @property
+    def refiner(self):
+        if self._refiner is None:
+            if self._loader is not None:
+                self._refiner = self._loader()
+            else:
+                from ..refine import load_refiner
+
+                self._refiner = load_refiner()
+        return self._refiner
+
+    # --- session -------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Open a session on the chosen slice; returns False (with a message) on bad choices."""
+        from ..refine import RefineSession, prompts_from_mask
+
+        if self.session is not None:
+            return self._say("a session is already open: Accept or Cancel it first", False)
+        labels = self._layer(self.labels_combo.currentText())
+        image = self._layer(self.image_combo.currentText())
+        if labels is None or image is None:
+            return self._say("choose a Labels layer and an Image layer", False)
+        spatial = image.data.shape[:-1] if image.rgb else image.data.shape
+        if tuple(spatial) != tuple(labels.data.shape) or labels.ndim not in (2, 3):
+            return self._say(f"labels {labels.data.shape} and image {tuple(spatial)} are not aligned "
+                             "(need the same (S, H, W) or (H, W))", False)
+        s = self.slice_spin.value() if labels.ndim == 3 else None
+        label_id = self.label_spin.value()
+        img2d = np.asarray(image.data[s] if s is not None else image.data)
+        lab2d = np.asarray(labels.data[s] if s is not None else labels.data)
+        initial = lab2d == label_id
+        try:
+            refiner = self.refiner
+            t0 = time.perf_counter()
+            self.session = RefineSession(refiner, img2d, initial_mask=initial if initial.any() else None)
+            refiner.predict_work(self.session._work, [], [], self.session.state.logits)  # warm-up + timing
+            self.call_seconds = time.perf_counter() - t0
+        except (ValueError, FileNotFoundError) as exc:
+            self.session = None
+            return self._say(f"cannot refine: {exc}", False)
+        self.use_thread = self.call_seconds > THREAD_ABOVE_S
+        self._target = (image, labels, s, label_id)
+        self._add_temp_layers(labels, s)
+        self._old_n_binding = self.viewer.bind_key("n", self._toggle_negative, overwrite=True)
+        msg = f"refining label {label_id}" + (f" on image {s}" if s is not None else "")
+        if self.auto_box.isChecked() and initial.any():
+            pos, neg = prompts_from_mask(initial)
+            self._submit([(y, x, True) for y, x in pos] + [(y, x, False) for y, x in neg])
+            msg += f" (seeded with {len(pos)}+/{len(neg)}- automatic clicks)"
+        self._show()
+        return self._say(msg + ": click to add points", True)
+
+    def _add_temp_layers(self, labels, s):
+        preview = np.zeros(labels.data.shape, dtype=np.uint8)
+        self.preview = self.viewer.add_labels(preview, name=PREVIEW_NAME, scale=labels.scale,
+                                              translate=labels.translate, opacity=0.6)
+        self.points = self.viewer.add_points(np.empty((0, labels.ndim)), name=POINTS_NAME, scale=labels.scale,
+                                             translate=labels.translate, size=max(3, 0.015 * max(labels.data.shape[-2:])),
+                                             face_color=POS_COLOR, border_color="white")
+        self.points.mode = "pan_zoom"
+        self.points.mouse_drag_callbacks.append(self._on_mouse)
+        self.viewer.layers.selection.active = self.points
+
+    def _on_mouse(self, layer, event):
+        """A click without dragging adds a point (dragging still pans)."""
+        start = np.array(event.position)
+        yield
+        while event.type == "mouse_move":
+            yield
+        if np.linalg.norm(np.array(event.position) - start) > 0.5 * float(np.min(layer.scale[-2:])):
+            return
+        negative = bool({"Control", "Alt"} & {str(k) for k in event.modifiers}) or self.negative_box.isChecked()
+        self.click_world(event.position, positive=not negative)
+
+    def _toggle_negative(self, viewer=None):
+        self.negative_box.setChecked(not self.negative_box.isChecked())
+
+    def click_world(self, world_position, positive: bool | None = None) -> bool:
+        """Add a click given in world coordinates (what the canvas reports)."""
+        if self.session is None:
+            return self._say("press Refine first", False)
+        _, labels, s, _ = self._target
+        data = labels.world_to_data(world_position)
+        if s is not None and int(np.round(data[0])) != s:
+            return self._say(f"click on image {s} (the one being refined)", False)
+        y, x = float(data[-2]), float(data[-1])
+        h, w = self.session.shape
+        if not (0 <= np.round(y) <= h - 1 and 0 <= np.round(x) <= w - 1):
+            return self._say("click inside the image", False)
+        y, x = float(np.clip(y, 0, h - 1)), float(np.clip(x, 0, w - 1))
+        if positive is None:
+            positive = not self.negative_box.isChecked()
+        self._submit([(y, x, positive)])
+        return True
+
+    def _submit(self, clicks):
+        self._pending += clicks
+        if self.worker is not None:
+            return
+        if self.use_thread:
+            self._start_worker()
+        else:
+            self._apply_pending()
+
+    def _apply_pending(self):
+        clicks, self._pending = self._pending, []
+        self.session.add_clicks([(y, x) for y, x, p in clicks if p], [(y, x) for y, x, p in clicks if not p])
+        self._show()
+
+    def _start_worker(self):
+        from napari.qt.threading import create_worker
+
+        clicks, self._pending = self._pending, []
+        session = self.session
+        pos = [(y, x) for y, x, p in clicks if p]
+        neg = [(y, x) for y, x, p in clicks if not p]
+        self.worker = create_worker(session.add_clicks, pos, neg, _start_thread=False)
+        self.worker.finished.connect(self._worker_done)
+        self.worker.errored.connect(lambda exc: self._say(f"refinement failed: {exc}", False))
+        self.worker.start()
+        self._say("updating...", True)
+
+    def _worker_done(self):
+        self.worker = None
+        if self.session is None:
+            return
+        self._show()
+        if self._pending:
+            self._start_worker()
+
+    def _show(self):
+        """Redraw the preview (in place) and the click markers from the session state."""
+        if self.session is None:
+            return
+        _, labels, s, label_id = self._target
+        mask = self.session.mask
+        if s is None:
+            self.preview.data[...] = mask
+        else:
+            self.preview.data[s] = mask
+        self.preview.refresh()
+        clicks = self.session.clicks
+        coords = [((s,) if s is not None else ()) + (y, x) for y, x, _ in clicks]
+        self.points.data = np.array(coords, float).reshape(-1, labels.ndim)
+        if clicks:
+            self.points.face_color = [POS_COLOR if p else NEG_COLOR for _, _, p in clicks]
+        self._update_buttons()
+        self._say(f"{len(clicks)} clicks, {int(mask.sum())} pixels", True)
+
+    def undo(self):
+        if self.session is not None and self.worker is None:
+            self.session.undo()
+            self._show()
+
+    def redo(self):
+        if self.session is not None and self.worker is None:
+            self.session.redo()
+            self._show()
+
+    def clear(self):
+        if self.session is not None and self.worker is None:
+            self.session.clear()
+            self._show()
+
+    def accept(self) -> bool:
+        """Write the mask into the chosen slice: this label outside it -> 0, inside it -> this label."""
+        if self.session is None:
+            return self._say("nothing to accept", False)
+        if self.worker is not None:
+            return self._say("wait for the update to finish", False)
+        _, labels, s, label_id = self._target
+        mask = self.session.mask
+        data = labels.data
+        lab = np.array(data[s] if s is not None else data)
+        lab[(lab == label_id) & ~mask] = 0
+        lab[mask] = label_id
+        if s is not None:
+            data[s] = lab
+        else:
+            data[...] = lab
+        labels.refresh()
+        n = int(mask.sum())
+        self._end()
+        return self._say(f"accepted: label {label_id} now covers {n} pixels" + (f" on image {s}" if s is not None else ""), True)
+
+    def cancel(self) -> bool:
+        """Drop the session and the temporary layers; the labels are left as they were."""
+        if self.session is None:
+            return False
+        self._end()
+        return self._say("cancelled; labels unchanged", True)
+
+    def _end(self):
+        self.session = None
+        self._pending = []
+        for name in (PREVIEW_NAME, POINTS_NAME):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self.viewer.bind_key("n", self._old_n_binding, overwrite=True)  # None unbinds
+        self._old_n_binding = None
+        _, labels, _, _ = self._target
+        if labels in self.viewer.layers:
+            self.viewer.layers.selection.active = labels
+        self._target = None
+        self._update_buttons()
+
+    def _update_buttons(self):
+        open_ = self.session is not None
+        self.buttons["Refine"].setEnabled(not open_)
+        for name in ("Clear", "Accept", "Cancel"):
+            self.buttons[name].setEnabled(open_)
+        self.buttons["Undo"].setEnabled(open_ and self.session.can_undo)
+        self.buttons["Redo"].setEnabled(open_ and self.session.can_redo)
+
+    def _say(self, message: str, ok: bool) -> bool:
+        self.last_message = message
+        self.status.setText(message)
+        return ok

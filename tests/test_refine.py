@@ -1,0 +1,163 @@
+"""Click refinement core: simulated user, prompts, model behaviour with the shipped weights, session history."""
+import numpy as np
+import pytest
+
+from napari_pancakes.refine import RefineSession, load_refiner, next_click, prompts_from_mask
+from napari_pancakes.refine.model import DEFAULT_REFINER_WEIGHTS, RefinerNet, save_refiner
+from napari_pancakes.refine.simulate import clicks_to_reach, dice, simulate_session
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    assert DEFAULT_REFINER_WEIGHTS.is_file(), "the refiner weights must ship with the package"
+    return load_refiner(device="cpu")
+
+
+def disk_image(h=96, w=112, cy=48, cx=56, r=24, seed=0):
+    """A bright disk on a dark noisy background, and its mask."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    rng = np.random.default_rng(seed)
+    img = 0.2 + 0.6 * mask + rng.normal(0, 0.03, (h, w))
+    return img.astype(np.float32), mask
+
+
+# --- simulated user ---------------------------------------------------------------------
+def test_next_click_on_hand_made_masks():
+    truth = np.zeros((40, 50), bool)
+    truth[10:31, 5:26] = True  # 21x21 square, centre (20, 15)
+    (y, x), pos = next_click(np.zeros_like(truth), truth)
+    assert pos and (y, x) == (20, 15)
+    # a false alarm larger than the miss wins and gives a negative click at its centre
+    pred = truth.copy()
+    pred[10:13, 5:26] = False  # small miss
+    pred[5:36, 30:47] = True  # big false alarm, 31x17, centre (20, 38)
+    (y, x), pos = next_click(pred, truth)
+    assert not pos and (y, x) == (20, 38)
+    assert next_click(truth, truth) is None
+    # the image border counts as a boundary: a miss touching it is clicked inside, away from it
+    edge = np.zeros((30, 30), bool)
+    edge[:, :9] = True
+    (y, x), pos = next_click(np.zeros_like(edge), edge)
+    assert pos and x == 4
+
+
+def test_noc_and_dice_helpers():
+    assert clicks_to_reach([0.0, 0.5, 0.86, 0.9], 0.85, 10) == 2
+    assert clicks_to_reach([0.0, 0.5], 0.85, 10) == 10
+    a = np.zeros((5, 5), bool)
+    assert dice(a, a) == 1.0
+    with pytest.raises(ValueError):
+        dice(a, np.zeros((4, 5), bool))
+
+
+# --- prompts from a mask ----------------------------------------------------------------
+def test_prompts_from_mask_core_and_band():
+    from scipy import ndimage as ndi
+
+    mask = np.zeros((120, 140), bool)
+    mask[30:90, 20:80] = True
+    mask[50:70, 100:130] = True  # a second, thinner component
+    pos, neg = prompts_from_mask(mask, n_positive=4, n_negative=5)
+    assert len(pos) >= 2 and len(neg) == 5
+    inside = ndi.distance_transform_edt(mask)
+    outside = ndi.distance_transform_edt(~mask)
+    assert all(inside[y, x] >= 5 for y, x in pos), "positives must be deep inside"
+    assert all(2 <= outside[y, x] <= 8 for y, x in neg), "negatives must be in the band just outside"
+    for pts in (pos, neg):
+        d = [np.hypot(a[0] - b[0], a[1] - b[1]) for i, a in enumerate(pts) for b in pts[i + 1 :]]
+        assert min(d) >= 0.1 * 140 - 1e-6, "points must be spread out"
+    assert prompts_from_mask(np.zeros((10, 10), bool)) == ([], [])
+    with pytest.raises(ValueError):
+        prompts_from_mask(np.zeros((2, 10, 10), bool))
+
+
+# --- the model -------------------------------------------------------------------------------
+def test_positive_click_grows_mask_into_missed_region(refiner):
+    img, truth = disk_image()
+    partial = truth.copy()
+    partial[:, 56:] = False  # the right half is missed
+    session = RefineSession(refiner, img, initial_mask=partial)
+    before = session.mask.copy()
+    missed = truth & ~partial
+    after = session.add_click(48, 70, positive=True)
+    assert after[48, 70], "the clicked pixel must be in the mask"
+    assert (after & missed).sum() > 0.7 * missed.sum(), "the missed half must be recovered"
+    assert (after & ~truth).sum() < 0.2 * truth.sum(), "without leaking into the background"
+    assert dice(after, truth) > dice(before, truth) + 0.2
+
+
+def test_negative_click_removes_false_alarm(refiner):
+    img, truth = disk_image()
+    grown = truth.copy()
+    grown[:, 85:] = True  # a false band at the right
+    session = RefineSession(refiner, img, initial_mask=grown)
+    after = session.add_click(48, 100, positive=False)
+    assert not after[48, 100]
+    assert (after[:, 90:]).sum() < 0.3 * grown[:, 90:].sum()
+
+
+def test_from_nothing_one_click_finds_object_any_size(refiner):
+    img, truth = disk_image(h=77, w=203, cy=40, cx=100, r=20)
+    mask = refiner.predict(img, positive=[(40, 100)])
+    assert mask.shape == img.shape and mask.dtype == bool
+    assert dice(mask, truth) > 0.7
+
+
+def test_undo_redo_clear_restore_exactly(refiner):
+    img, truth = disk_image()
+    s = RefineSession(refiner, img)
+    assert not s.mask.any() and not s.can_undo
+    m1 = s.add_click(48, 56, True).copy()
+    m2 = s.add_click(5, 5, False).copy()
+    assert np.array_equal(s.undo(), m1) and s.clicks == [(48.0, 56.0, True)]
+    assert np.array_equal(s.redo(), m2) and len(s.clicks) == 2
+    s.undo()
+    m3 = s.add_click(48, 30, True)  # a new click drops the redo branch
+    assert not s.can_redo and len(s.history) == 3
+    assert not s.clear().any() and s.clicks == []
+    assert np.array_equal(s.undo(), m3)
+    s.undo(), s.undo()
+    assert np.array_equal(s.undo(), np.zeros_like(truth))  # undo at the start is a no-op
+
+
+def test_bad_input_raises_clear_errors(refiner):
+    img, truth = disk_image()
+    with pytest.raises(ValueError, match="one 2D image"):
+        refiner.predict(np.zeros((3, 20, 20)), positive=[(1, 1)])
+    bad = img.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        refiner.predict(bad, positive=[(10, 10)])
+    with pytest.raises(ValueError, match="outside the image"):
+        refiner.predict(img, positive=[(96, 10)])
+    with pytest.raises(ValueError, match="outside the image"):
+        RefineSession(refiner, img).add_click(-1, 5, True)
+    with pytest.raises(ValueError, match="prior"):
+        refiner.predict(img, positive=[(10, 10)], prior=np.zeros((10, 10), bool))
+    with pytest.raises(ValueError, match="initial mask"):
+        RefineSession(refiner, img, initial_mask=np.zeros((5, 5), bool))
+
+
+def test_weights_roundtrip_and_wrong_file(tmp_path, refiner):
+    path = save_refiner(refiner.net, tmp_path / "r.safetensors")
+    again = load_refiner(path, device="cpu")
+    img, _ = disk_image()
+    assert np.array_equal(again.predict(img, [(48, 56)]), refiner.predict(img, [(48, 56)]))
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "napari-pancakes/1", "config": "{}"})
+    with pytest.raises(ValueError, match="not a napari-pancakes refiner"):
+        load_refiner(other)
+    with pytest.raises(FileNotFoundError):
+        load_refiner(tmp_path / "missing.safetensors")
+    assert isinstance(again.net, RefinerNet)
+
+
+def test_simulated_session_improves(refiner):
+    img, truth = disk_image(seed=3)
+    dices, times = simulate_session(refiner, img, truth, n_clicks=3)
+    assert len(dices) == 4 and dices[0] == 0.0
+    assert max(dices) > 0.8

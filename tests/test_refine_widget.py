@@ -1,0 +1,126 @@
+"""The refine dock widget on a real napari viewer: start, click (pos/neg), undo/redo, accept, cancel, scale."""
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import sys
+
+import numpy as np
+import pytest
+
+from napari_pancakes.napari.refine_widget import POINTS_NAME, PREVIEW_NAME, RefineWidget
+
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    from napari_pancakes.refine import load_refiner
+
+    return load_refiner(device="cpu")
+
+
+def stack(s=3, h=64, w=72):
+    """(S, H, W) images with a bright disk; labels: label 2 = left half of the disk, label 1 = a corner."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    disk = (yy - 32) ** 2 + (xx - 36) ** 2 < 16**2
+    rng = np.random.default_rng(0)
+    imgs = np.stack([0.2 + 0.6 * disk + rng.normal(0, 0.03, (h, w)) for _ in range(s)]).astype(np.float32)
+    labels = np.zeros((s, h, w), np.uint8)
+    labels[:, disk & (xx < 36)] = 2
+    labels[:, :8, :8] = 1
+    return imgs, labels, disk
+
+
+NO_DISPLAY = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+@pytest.fixture(params=["headless", "napari"])
+def make_viewer(request, qtbot):
+    """A headless ViewerModel (always) and a real napari viewer (needs OpenGL: run under xvfb-run)."""
+    if request.param == "headless":
+        from napari.components import ViewerModel
+
+        return ViewerModel
+    if NO_DISPLAY:
+        pytest.skip("no display for OpenGL: run under xvfb-run for the real-viewer variant")
+    return request.getfixturevalue("make_napari_viewer")
+
+
+@pytest.fixture
+def setup(make_viewer, refiner, qtbot):
+    viewer = make_viewer()
+    imgs, labels, disk = stack()
+    scale, translate = (1.0, 2.0, 0.5), (0.0, 10.0, -4.0)
+    viewer.add_image(imgs, name="img", scale=scale, translate=translate)
+    lab = viewer.add_labels(labels.copy(), name="protocol", scale=scale, translate=translate)
+    lab.selected_label = 2
+    w = RefineWidget(viewer, refiner=refiner)
+    qtbot.addWidget(w) if not hasattr(viewer, "window") else viewer.window.add_dock_widget(w)
+    viewer.dims.set_point(0, 1.0)  # show image 1
+    return viewer, w, lab, labels, disk
+
+
+def _world(lab, s, y, x):
+    return lab.data_to_world((s, y, x))
+
+
+def _wait(qtbot, w):
+    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+
+
+def test_defaults_follow_layers_and_slice(setup):
+    viewer, w, lab, _, _ = setup
+    assert w.labels_combo.currentText() == "protocol" and w.image_combo.currentText() == "img"
+    assert w.label_spin.value() == 2 and w.slice_spin.value() == 1
+
+
+def test_click_accept_writes_only_this_label_on_this_slice(setup, qtbot):
+    viewer, w, lab, labels0, disk = setup
+    assert w.start(), w.last_message
+    assert PREVIEW_NAME in viewer.layers and POINTS_NAME in viewer.layers
+    preview = viewer.layers[PREVIEW_NAME]
+    assert np.array_equal(preview.data[1] > 0, labels0[1] == 2)  # starts from the chosen label
+    before = preview.data[1].copy()
+    assert w.click_world(_world(lab, 1, 32, 44), positive=True), w.last_message  # in the missed right half
+    _wait(qtbot, w)
+    grown = preview.data[1] > 0
+    assert grown[32, 44] and grown.sum() > (before > 0).sum()
+    assert viewer.layers[POINTS_NAME].data.shape == (1, 3)
+    # undo restores exactly, redo comes back
+    w.undo()
+    assert np.array_equal(preview.data[1], before)
+    w.redo()
+    assert np.array_equal(preview.data[1] > 0, grown)
+    assert w.accept(), w.last_message
+    assert PREVIEW_NAME not in viewer.layers and POINTS_NAME not in viewer.layers
+    out = lab.data
+    assert np.array_equal(out[1] == 2, grown)  # inside the mask -> this label, this label outside -> 0
+    assert np.array_equal(out[0], labels0[0]) and np.array_equal(out[2], labels0[2])  # other images untouched
+    assert np.array_equal(out[1] == 1, (labels0[1] == 1) & ~grown)  # other label only loses what the mask took
+
+
+def test_negative_toggle_and_cancel_restores(setup, qtbot):
+    viewer, w, lab, labels0, disk = setup
+    assert w.start()
+    w._toggle_negative()  # what the 'n' key does
+    assert w.negative_box.isChecked()
+    assert w.click_world(_world(lab, 1, 32, 30))  # inside the label: a negative click removes it there
+    _wait(qtbot, w)
+    preview = viewer.layers[PREVIEW_NAME]
+    assert preview.data[1, 32, 30] == 0
+    assert viewer.layers[POINTS_NAME].data.shape == (1, 3)
+    assert not w.click_world(_world(lab, 0, 32, 30)), "a click on another slice is refused"
+    assert not w.click_world(_world(lab, 1, 500, 30)), "a click outside the image is refused"
+    assert w.cancel()
+    assert PREVIEW_NAME not in viewer.layers and np.array_equal(lab.data, labels0)
+
+
+def test_misaligned_layers_refused(make_viewer, refiner, qtbot):
+    viewer = make_viewer()
+    viewer.add_image(np.zeros((2, 30, 30), np.float32), name="img")
+    viewer.add_labels(np.zeros((2, 20, 30), np.uint8), name="lab")
+    w = RefineWidget(viewer, refiner=refiner)
+    qtbot.addWidget(w)
+    assert not w.start() and "not aligned" in w.last_message
+    assert PREVIEW_NAME not in viewer.layers

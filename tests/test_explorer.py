@@ -38,7 +38,7 @@ def widget(make_napari_viewer, model):
 
 def _run(qtbot, w, m=2, k=3):
     assert w.start_run(), w.last_message
-    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
 
 
 def _protocols(viewer):
@@ -107,7 +107,7 @@ def test_cancel_leaves_viewer_unchanged(qtbot, widget):
     w.k_spin.setValue(3)
     assert w.start_run()
     w.cancel_run()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
     assert len(viewer.layers) == 1
     assert "cancel" in w.last_message
 
@@ -125,7 +125,7 @@ def test_bad_layer_choices_give_a_message(widget, add, message):
     add(viewer)
     n_layers = len(viewer.layers)
     assert w.start_run() is False
-    assert message in w.last_message and w.worker is None
+    assert message in w.last_message and not w.busy
     assert len(viewer.layers) == n_layers
 
 

@@ -168,28 +168,35 @@ class ProtocolController:
         renamed, merged); a bool answers it up front (tests and notebooks). Returns the new
         layers, or [] when the user declined (the old layers then stay as they were).
         """
+        return list(self.apply_steps(request, confirm))
+
+    def apply_steps(self, request: RunRequest, confirm: Confirm | bool = True) -> Iterator:
+        """:meth:`apply` one layer at a time (a generator), so a GUI can give the event loop a
+        turn between layers: adding a Labels layer to a Qt viewer takes a noticeable moment."""
         if request.labels is None:
             raise RuntimeError("the run has not finished; nothing to add")
         old = self.previous_layers(request.image_name)
         edited = [ly.name for ly in old if is_edited(ly)]
         if edited and not _ask(confirm, f"Re-running replaces {len(old)} protocol layer(s) of "
                                         f"'{request.image_name}'; these were edited: {', '.join(edited)}. Discard them?"):
-            return []
+            return
         for ly in old:
             self.viewer.layers.remove(ly)
         self.history = [e for e in self.history if e.layer not in old]
-        new = []
+        self.image_name = request.image_name
+        labels, request.labels = request.labels, None  # the layers own the data now
         for p in range(request.m):
-            data = request.labels[p] if len(request.spatial_shape) == 3 else request.labels[p, 0]
-            new.append(self._add_labels(
+            data = labels[p] if len(request.spatial_shape) == 3 else labels[p, 0]
+            layer = self._add_labels(
                 data, protocol_name(request.image_name, p + 1, request.k), request,
                 {"role": "protocol", "source": request.image_name, "protocol": p + 1,
                  "m": request.m, "k": request.k, "seed": request.seed},
-            ))
-        request.labels = None  # the layers own the data now
-        self.image_name = request.image_name
-        self.show_protocol(0)
-        return new
+            )
+            layer.visible = p == 0  # the first protocol shown alone, as show_protocol(0) does
+            if p == 0:
+                self.current = 0
+                self.viewer.layers.selection.active = layer
+            yield layer
 
     def run(self, layer, m: int = 8, k: int = 20, seed: int = 0, confirm: Confirm | bool = True,
             progress: Callable[[int, int], None] | None = None) -> list:

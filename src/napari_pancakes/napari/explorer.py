@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -78,6 +78,7 @@ class ExplorerWidget(QWidget):
         self.viewer = napari_viewer
         self.controller = ProtocolController(napari_viewer, model=model)
         self.worker = None
+        self._adding = False  # layers of a finished run are being added, one per event-loop turn
         self.last_message = ""  # the last notification, for tests and scripts
         self._filling_table = False
         self._shown_slice = None
@@ -154,10 +155,19 @@ class ExplorerWidget(QWidget):
         box = QGroupBox("Labels of the chosen protocol")
         layout = QVBoxLayout(box)
         self.table = QTableWidget(0, 6)
-        self.table.setHorizontalHeaderLabels(["id", "", "name", "images", "px (this image)", "area (this image)"])
+        self.table.setHorizontalHeaderLabels(["id", "", "name", "in", "px", "area"])
+        for column, tip in ((3, "number of images of the set where the label is present"),
+                            (4, "pixels in the image under the slider"),
+                            (5, "area in the image under the slider, in units of the layer scale")):
+            self.table.horizontalHeaderItem(column).setToolTip(tip)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.Stretch)
+        header = self.table.horizontalHeader()
+        for column in (0, 3, 4, 5):
+            header.setSectionResizeMode(column, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.Fixed)
+        self.table.setColumnWidth(1, 22)
+        header.setSectionResizeMode(2, QHeaderView.Stretch)
         self.table.setMinimumHeight(160)
         self.table.itemChanged.connect(self._on_item_changed)
         layout.addWidget(self.table)
@@ -220,9 +230,14 @@ class ExplorerWidget(QWidget):
         name = self.layer_combo.currentText()
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
+    @property
+    def busy(self) -> bool:
+        """A run is computing or its layers are still being added."""
+        return self.worker is not None or self._adding
+
     def start_run(self) -> bool:
         """Validate the choices and start the worker; False (and a message) if they are not valid."""
-        if self.worker is not None:
+        if self.busy:
             self.notify("a run is already in progress; cancel it first", error=True)
             return False
         try:
@@ -259,22 +274,40 @@ class ExplorerWidget(QWidget):
             self.notify(f"Pancakes run failed: {result.exc}", error=True)
             return
         try:
-            layers = self.controller.apply(result, confirm=self.confirm)
-        except Exception as exc:  # e.g. the image layer was removed while the worker ran
+            steps = self.controller.apply_steps(result, confirm=self.confirm)
+        except Exception as exc:
             self.notify(f"could not add the protocols: {exc}", error=True)
             return
-        if not layers:
-            self.notify("kept the previous (edited) protocols; the new run was discarded")
+        self._adding = True
+        self.run_button.setEnabled(False)
+        self._add_next(steps, result.image_name, [])
+
+    def _add_next(self, steps, image_name: str, added: list) -> None:
+        """Add one protocol layer, then yield to the event loop (the viewer stays responsive)."""
+        try:
+            added.append(next(steps))
+        except StopIteration:
+            self._adding = False
+            self.run_button.setEnabled(self.worker is None)
+            if not added:
+                self.notify("kept the previous (edited) protocols; the new run was discarded")
+                return
+            self.notify(f"{len(added)} protocols of '{image_name}' added; N/H step through them, U uses one")
+            self.refresh_gallery()
             return
-        self.notify(f"{len(layers)} protocols of '{result.image_name}' added; N/H step through them, U uses one")
-        self.refresh_gallery()
+        except Exception as exc:  # e.g. the image layer was removed while the worker ran
+            self._adding = False
+            self.run_button.setEnabled(self.worker is None)
+            self.notify(f"could not add the protocols: {exc}", error=True)
+            return
+        QTimer.singleShot(0, lambda: self._add_next(steps, image_name, added))
 
     def _on_aborted(self) -> None:
         self.notify("run cancelled; nothing was changed")
 
     def _on_finished(self) -> None:
         self.worker = None
-        self.run_button.setEnabled(True)
+        self.run_button.setEnabled(not self._adding)
         self.cancel_button.setEnabled(False)
 
     # ----------------------------------------------------------------- browsing
@@ -341,7 +374,7 @@ class ExplorerWidget(QWidget):
             layer, rows = None, []
         s = self.controller.current_slice() if layer is not None else 0
         unit = _area_unit(layer)
-        self.table.setHorizontalHeaderItem(5, QTableWidgetItem(f"area ({unit})"))
+        self.table.horizontalHeaderItem(5).setText(f"area ({unit})" if unit != "pixel²" else "area")
         self._filling_table = True
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):

@@ -1,0 +1,69 @@
+"""Command line: ``python -m napari_pancakes.training {train,export,evaluate} ...``
+(also installed as ``napari-pancakes-train``)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _pair(text: str) -> tuple[int, int]:
+    lo, hi = (int(v) for v in text.split(","))
+    return lo, hi
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="napari-pancakes-train", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train or resume a model")
+    t.add_argument("--out", default=d.out, help="run directory (checkpoints, metrics.csv, log)")
+    t.add_argument("--steps", type=int, default=d.steps, help="stop after this many optimiser steps")
+    t.add_argument("--minutes", type=float, default=d.minutes, help="stop after this wall time (0: no limit)")
+    t.add_argument("--device", default=d.device, choices=["cpu", "cuda", "mps"])
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    t.add_argument("--holdout", type=_csv, default=d.holdout, help="comma-separated datasets never trained on")
+    t.add_argument("--synthetic-ratio", type=float, default=d.synthetic_ratio)
+    t.add_argument("--batch-sets", type=int, default=d.batch_sets, help="sets per optimiser step")
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
+    t.add_argument("--s-range", type=_pair, default=d.s_range, help="set size range, e.g. 2,5")
+    t.add_argument("--m-range", type=_pair, default=d.m_range)
+    t.add_argument("--k-range", type=_pair, default=d.k_range)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    t.add_argument("--log-every", type=int, default=d.log_every)
+    t.add_argument("--val-every-min", type=float, default=d.val_every_min)
+    t.add_argument("--val-sets", type=int, default=d.val_sets, help="validation sets per source")
+    t.add_argument("--ckpt-every-min", type=float, default=d.ckpt_every_min)
+    t.add_argument("--data-root", default=d.data_root)
+    t.add_argument("--cache-dir", default=d.cache_dir)
+    t.add_argument("--no-mni", dest="mni", action="store_false", help="leave out the nilearn MNI152 slices")
+
+    e = sub.add_parser("export", help="write a checkpoint's model as safetensors")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("out", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from .train import TrainConfig, train
+
+        fields = TrainConfig.__dataclass_fields__
+        train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    elif args.command == "export":
+        from .train import export_checkpoint
+
+        print(export_checkpoint(args.checkpoint, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""The training loop: mixed real/synthetic sets, best-pair set loss, resumable checkpoints.
+
+Each step draws ``batch_sets`` sets, each with its own S in [2, 5], M in [5, 15] and
+K in [5, 40] (paper sec. 3.2); the U-Net runs once on all images of the batch and the set
+loss (:mod:`.loss`) picks the winning protocol per set without autograd. Checkpoints
+(model, optimiser, step, every RNG) are written atomically every few minutes and at exit, so
+a run can be stopped and resumed, also across machines. Validation Set Dice (M=8, K=20,
+S=3, hard labels as at inference) is logged to ``metrics.csv``; the best checkpoint by the
+mean over synthetic and training-dataset validation sets (held-out datasets are logged but
+never used for selection) is kept as ``best.pt`` and ``best.safetensors``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..io_weights import save_weights
+from ..metrics import set_dice
+from ..model import Pancakes, PancakesConfig
+from .datasets import DATA_ROOT, RealDataset, SetSampler, load_real_datasets, validation_sets
+from .loss import best_pair_loss
+
+VAL_M, VAL_K = 8, 20
+
+
+@dataclass
+class TrainConfig:
+    """Command-line options of ``train`` (see ``__main__``)."""
+
+    out: str = "runs/default"
+    steps: int = 100_000
+    minutes: float = 0.0  # wall-clock budget; 0 = no limit
+    device: str = "cpu"
+    resume: bool = False
+    holdout: list[str] = field(default_factory=lambda: ["ph2_skin", "drive_vessels"])
+    synthetic_ratio: float = 0.5
+    batch_sets: int = 4
+    lr: float = 1e-4
+    warmup: int = 200
+    weight_decay: float = 1e-4
+    clip: float = 1.0
+    s_range: tuple[int, int] = (2, 5)
+    m_range: tuple[int, int] = (5, 15)
+    k_range: tuple[int, int] = (5, 40)
+    seed: int = 0
+    threads: int = 2
+    log_every: int = 20
+    val_every_min: float = 5.0
+    val_sets: int = 12
+    ckpt_every_min: float = 5.0
+    data_root: str = str(DATA_ROOT)
+    cache_dir: str = "runs/cache"
+    mni: bool = True
+
+
+class SetLoss(nn.Module):
+    """Batch of sets -> mean set loss; a module so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: Pancakes):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, targets: list[torch.Tensor], mks: list[tuple[int, int]]):
+        feats = self.model.features(self.model.phi(x))
+        losses, start = [], 0
+        for target, (m, k) in zip(targets, mks):
+            s = target.shape[0]
+            w, b = self.model.pair_weights(m, k)
+            loss, _ = best_pair_loss(feats[start:start + s], w, b, target, self.model.h.logits)
+            losses.append(loss)
+            start += s
+        return torch.stack(losses).mean()
+
+
+def _dist_info() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+@torch.no_grad()
+def predict_labels(model: Pancakes, images: np.ndarray, m: int = VAL_M, k: int = VAL_K) -> np.ndarray:
+    """Hard label maps (M, S, H, W) for images already at the working resolution."""
+    dev = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(dev)
+    logits = model(x, m, k)
+    return logits.argmax(2).transpose(0, 1).cpu().numpy()
+
+
+def validate(model: Pancakes, sets: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, float]:
+    """Mean Set Dice per source over every label present in all members of each set.
+
+    Label 0 (background, or dropped pieces in synthetic sets) is not a target.
+    """
+    was_training = model.training
+    model.eval()
+    out = {}
+    for name, items in sets.items():
+        scores = []
+        for images, labels in items:
+            pred = predict_labels(model, images)
+            present = set.intersection(*(set(np.unique(lab[lab > 0]).tolist()) for lab in labels))
+            scores += [set_dice(pred, labels == v, VAL_K) for v in sorted(present)]
+        out[name] = float(np.mean(scores)) if scores else float("nan")
+    model.train(was_training)
+    return out
+
+
+def selection_score(scores: dict[str, float], holdout: list[str]) -> float:
+    """Mean validation Set Dice over the sources the model trains on (never the held-out ones)."""
+    vals = [v for k, v in scores.items() if k not in holdout and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def split_validation(real: dict[str, RealDataset], every: int = 10):
+    """Every ``every``-th image of each training dataset becomes validation-only."""
+    train, val = {}, {}
+    for name, ds in real.items():
+        keep = np.arange(len(ds)) % every != 0
+        pick = lambda sel: RealDataset(ds.name, ds.images[sel], ds.labels[sel], ds.groups, ds.eval_group,
+                                       None if ds.stack is None else ds.stack[sel],
+                                       None if ds.position is None else ds.position[sel])
+        train[name], val[name] = pick(keep), pick(~keep)
+    return train, val
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def export_weights(model: Pancakes, path: Path, step: int, cfg: TrainConfig, scores: dict | None = None,
+                   trained_on: list[str] | None = None) -> Path:
+    """Safetensors weights with training provenance in the metadata."""
+    extra = {"steps": step, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+             "data": trained_on or [], "holdout": cfg.holdout, "synthetic_ratio": cfg.synthetic_ratio,
+             "lr": cfg.lr, "batch_sets": cfg.batch_sets}
+    if scores:
+        extra["val_set_dice"] = scores
+    return save_weights(model, path, extra=extra)
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training; returns the last validation scores."""
+    rank, world, local_rank = _dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
+    device = torch.device(f"cuda:{local_rank}" if cfg.device == "cuda" else cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(cfg.threads)
+    try:  # numpy's BLAS threads fight torch's for the same cores; data work is tiny matrices
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    out = Path(cfg.out)
+    main_proc = rank == 0
+    if main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    real = load_real_datasets(root=Path(cfg.data_root), cache_dir=Path(cfg.cache_dir), mni=cfg.mni)
+    held = {k: v for k, v in real.items() if k in cfg.holdout}
+    train_real, val_real = split_validation({k: v for k, v in real.items() if k not in cfg.holdout})
+    sampler = SetSampler(train_real, cfg.synthetic_ratio)
+    trained_on = ["synthetic"] + sorted(train_real)
+    val = validation_sets({**val_real, **held}, cfg.val_sets) if main_proc else {}
+
+    torch.manual_seed(cfg.seed + rank)
+    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    model = Pancakes(PancakesConfig()).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, best, elapsed_before = 0, -1.0, 0.0
+    last_ckpt = out / "last.pt"
+    if cfg.resume and last_ckpt.is_file():
+        ck = torch.load(last_ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, best, elapsed_before = ck["step"], ck["best"], ck.get("elapsed", 0.0)
+        _set_rng_state(rng, ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0])
+        if main_proc:
+            print(f"resumed from {last_ckpt} at step {step} (best {best:.4f})", flush=True)
+    loss_module: nn.Module = SetLoss(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_module = DistributedDataParallel(loss_module, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    def checkpoint(path: Path, scores: dict | None = None) -> None:
+        rngs = [_rng_state(rng)]
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered = [None] * world
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if main_proc:
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
+                          "elapsed": elapsed_before + time.time() - t0, "rng": rngs,
+                          "config": model.config.to_dict(), "train_config": asdict(cfg),
+                          "trained_on": trained_on, "scores": scores}, path)
+
+    def run_validation() -> dict:
+        nonlocal best
+        scores = validate(model, val)
+        score = selection_score(scores, cfg.holdout)
+        row = {"step": step, "minutes": round((elapsed_before + time.time() - t0) / 60, 2), "select": score, **scores}
+        metrics = out / "metrics.csv"
+        new = not metrics.is_file()
+        with metrics.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        print("val " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        if score > best:
+            best = score
+            checkpoint(out / "best.pt", scores)
+            export_weights(model, out / "best.safetensors", step, cfg, scores, trained_on)
+        return scores
+
+    t0 = time.time()
+    deadline = t0 + cfg.minutes * 60 if cfg.minutes > 0 else math.inf
+    last_val = last_save = t0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    scores: dict = {}
+    if main_proc and step == 0:
+        scores = run_validation()  # the random-init reference point
+    model.train()
+    window_loss, window_t, window_n = 0.0, time.time(), 0
+    while True:
+        now = time.time()
+        flags = torch.tensor([step >= cfg.steps or now >= deadline, now - last_val >= cfg.val_every_min * 60,
+                              now - last_save >= cfg.ckpt_every_min * 60], dtype=torch.int32)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(flags, 0)
+        stop, do_val, do_save = flags.tolist()
+        if stop:
+            break
+        if do_val:
+            if main_proc:
+                scores = run_validation()
+            last_val = time.time()
+        if do_save:
+            checkpoint(last_ckpt)
+            last_save = time.time()
+        images, targets, mks = [], [], []
+        for _ in range(cfg.batch_sets):
+            s = int(rng.integers(cfg.s_range[0], cfg.s_range[1] + 1))
+            img, tgt, _ = sampler.sample(rng, s)
+            images.append(img)
+            targets.append(torch.from_numpy(tgt).to(device))
+            mks.append((int(rng.integers(cfg.m_range[0], cfg.m_range[1] + 1)),
+                        int(rng.integers(cfg.k_range[0], cfg.k_range[1] + 1))))
+        x = torch.from_numpy(np.concatenate(images))[:, None].to(device)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        with autocast:
+            loss = loss_module(x, targets, mks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        step += 1
+        window_loss += float(loss.detach())
+        window_n += 1
+        if main_proc and step % cfg.log_every == 0:
+            rate = window_n / (time.time() - window_t)
+            print(f"step {step} loss {window_loss / window_n:.4f} lr {_lr_at(step, cfg):.2e} "
+                  f"scale {float(model.h.scale):.1f} {rate:.2f} steps/s", flush=True)
+            window_loss, window_t, window_n = 0.0, time.time(), 0
+    checkpoint(last_ckpt)
+    if main_proc:
+        scores = run_validation()
+        print(f"done: step {step}, best selection score {best:.4f}, "
+              f"{(elapsed_before + time.time() - t0) / 60:.1f} min in total", flush=True)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return scores
+
+
+def export_checkpoint(checkpoint: Path, path: Path) -> Path:
+    """Safetensors weights from a ``.pt`` checkpoint written by :func:`train`."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = Pancakes(PancakesConfig(**ck["config"]))
+    model.load_state_dict(ck["model"])
+    cfg = TrainConfig(**{k: tuple(v) if k.endswith("_range") else v for k, v in ck["train_config"].items()})
+    trained_on = ck.get("trained_on", [])
+    return export_weights(model, Path(path), ck["step"], cfg, ck.get("scores"), trained_on)

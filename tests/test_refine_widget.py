@@ -124,3 +124,35 @@ def test_misaligned_layers_refused(make_viewer, refiner, qtbot):
     qtbot.addWidget(w)
     assert not w.start() and "not aligned" in w.last_message
     assert PREVIEW_NAME not in viewer.layers
+
+
+class _FakeMouse:
+    def __init__(self, position, modifiers=()):
+        self.position, self.modifiers, self.type = position, modifiers, "mouse_press"
+
+
+def _click(w, world, modifiers=(), drag=None):
+    """Drive the points layer's mouse callback like a canvas press(-move)-release."""
+    ev = _FakeMouse(tuple(world), modifiers)
+    gen = w._on_mouse(w.points, ev)
+    next(gen)
+    if drag is not None:
+        ev.type, ev.position = "mouse_move", tuple(np.add(world, drag))
+        next(gen)
+    ev.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_canvas_clicks_modifier_negative_and_drag_pans(setup, qtbot):
+    viewer, w, lab, labels0, disk = setup
+    assert w.start()
+    _click(w, _world(lab, 1, 32, 44))  # plain left click: positive
+    _wait(qtbot, w)
+    _click(w, _world(lab, 1, 5, 60), modifiers=("Control",))  # Ctrl-click: negative
+    _wait(qtbot, w)
+    assert [c[2] for c in w.session.clicks] == [True, False]
+    _click(w, _world(lab, 1, 20, 20), drag=(0, 15, 15))  # a drag is a pan, not a click
+    _wait(qtbot, w)
+    assert len(w.session.clicks) == 2
+    w.cancel()

@@ -189,7 +189,8 @@ class RefineWidget(QWidget):
             yield
         if np.linalg.norm(np.array(event.position) - start) > 0.5 * float(np.min(layer.scale[-2:])):
             return
-        negative = bool({"Control", "Alt"} & {str(k) for k in event.modifiers}) or self.negative_box.isChecked()
+        held = event.modifiers or ()
+        negative = "Control" in held or "Alt" in held or self.negative_box.isChecked()
         self.click_world(event.position, positive=not negative)
 
     def _toggle_negative(self, viewer=None):

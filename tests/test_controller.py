@@ -145,3 +145,14 @@ def test_sample_data_is_deterministic():
     [(nuclei, meta, kind)] = make_nuclei_sample()
     assert nuclei.shape == (6, 256, 256) and kind == "image"
     assert make_blobs_sample()[0][0].shape == (5, 192, 192)
+
+
+def test_rgb_stack_and_volume_are_sets_of_slices(model):
+    viewer = ViewerModel()
+    ctl = ProtocolController(viewer, model=model)
+    rgb = viewer.add_image(np.random.default_rng(0).integers(0, 255, (2, 30, 40, 3), dtype=np.uint8), name="rgbs")
+    [layer] = ctl.run(rgb, m=1, k=2)
+    assert rgb.rgb and layer.data.shape == (2, 30, 40)
+    volume = viewer.add_image(np.random.default_rng(1).random((4, 24, 24)), name="vol", scale=(2.0, 0.5, 0.5))
+    [layer] = ctl.run(volume, m=1, k=2)
+    assert layer.data.shape == (4, 24, 24) and tuple(layer.scale) == (2.0, 0.5, 0.5)

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_pancakes.napari.controller import tag
 from napari_pancakes.napari.sample_data import synthetic_blobs
@@ -68,6 +69,11 @@ def test_run_browse_choose_rename_export(qtbot, widget, tmp_path):
     w.gallery_buttons[1].click()
     assert [ly.visible for ly in layers] == [False, True]
     w.step(1)  # wraps around
+    assert [ly.visible for ly in layers] == [True, False]
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key_N)  # shortcut: next protocol
+    assert [ly.visible for ly in layers] == [False, True]
+    qtbot.keyClick(canvas, Qt.Key_H)  # shortcut: previous protocol
     assert [ly.visible for ly in layers] == [True, False]
 
     w.choose()

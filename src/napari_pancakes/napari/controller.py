@@ -168,11 +168,12 @@ class ProtocolController:
         renamed, merged); a bool answers it up front (tests and notebooks). Returns the new
         layers, or [] when the user declined (the old layers then stay as they were).
         """
-        return list(self.apply_steps(request, confirm))
+        return [ly for ly in self.apply_steps(request, confirm) if ly is not None]
 
     def apply_steps(self, request: RunRequest, confirm: Confirm | bool = True) -> Iterator:
         """:meth:`apply` one layer at a time (a generator), so a GUI can give the event loop a
-        turn between layers: adding a Labels layer to a Qt viewer takes a noticeable moment."""
+        turn between layers: adding or removing a Labels layer in a Qt viewer takes a noticeable
+        moment. Yields None after each removal, then each new layer."""
         if request.labels is None:
             raise RuntimeError("the run has not finished; nothing to add")
         old = self.previous_layers(request.image_name)
@@ -180,9 +181,10 @@ class ProtocolController:
         if edited and not _ask(confirm, f"Re-running replaces {len(old)} protocol layer(s) of "
                                         f"'{request.image_name}'; these were edited: {', '.join(edited)}. Discard them?"):
             return
+        self.history = [e for e in self.history if e.layer not in old]
         for ly in old:
             self.viewer.layers.remove(ly)
-        self.history = [e for e in self.history if e.layer not in old]
+            yield None
         self.image_name = request.image_name
         labels, request.labels = request.labels, None  # the layers own the data now
         for p in range(request.m):

@@ -285,7 +285,9 @@ class ExplorerWidget(QWidget):
     def _add_next(self, steps, image_name: str, added: list) -> None:
         """Add one protocol layer, then yield to the event loop (the viewer stays responsive)."""
         try:
-            added.append(next(steps))
+            layer = next(steps)  # None after removing an old layer
+            if layer is not None:
+                added.append(layer)
         except StopIteration:
             self._adding = False
             self.run_button.setEnabled(self.worker is None)
@@ -353,6 +355,8 @@ class ExplorerWidget(QWidget):
         actions = {"n": lambda viewer: self.step(1), "h": lambda viewer: self.step(-1), "u": lambda viewer: self.choose()}
         for key, func in actions.items():
             self.viewer.bind_key(key, func, overwrite=True)
+        viewer = self.viewer
+        self.destroyed.connect(lambda *_: _unbind_keys(viewer))  # closing the dock frees the letters
 
     # ----------------------------------------------------------------- choosing and naming
     def choose(self) -> None:
@@ -453,10 +457,19 @@ class ExplorerWidget(QWidget):
 
     def closeEvent(self, event) -> None:
         self.cancel_run()
+        _unbind_keys(self.viewer)
         super().closeEvent(event)
 
 
 # --------------------------------------------------------------------- small Qt helpers
+def _unbind_keys(viewer) -> None:
+    for key in SHORTCUTS:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, TypeError):
+            pass
+
+
 def _spin(lo: int, hi: int, value: int, tip: str) -> QSpinBox:
     spin = QSpinBox()
     spin.setRange(lo, hi)

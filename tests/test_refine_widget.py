@@ -156,3 +156,17 @@ def test_canvas_clicks_modifier_negative_and_drag_pans(setup, qtbot):
     _wait(qtbot, w)
     assert len(w.session.clicks) == 2
     w.cancel()
+
+
+def test_slow_model_runs_in_worker_and_queues_clicks(setup, qtbot, monkeypatch):
+    import napari_pancakes.napari.refine_widget as rw
+
+    viewer, w, lab, labels0, disk = setup
+    monkeypatch.setattr(rw, "THREAD_ABOVE_S", 0.0)  # pretend the model is slow
+    assert w.start() and w.use_thread
+    w.click_world(_world(lab, 1, 32, 44), positive=True)
+    w.click_world(_world(lab, 1, 5, 60), positive=False)  # queued while the first runs
+    _wait(qtbot, w)
+    qtbot.waitUntil(lambda: w.worker is None and not w._pending and len(w.session.clicks) == 2, timeout=WAIT_MS)
+    assert viewer.layers[POINTS_NAME].data.shape == (2, 3)
+    assert w.accept()

@@ -131,7 +131,7 @@ def test_rgb_and_2d_images(model):
     viewer = ViewerModel()
     ctl = ProtocolController(viewer, model=model)
     rgb = viewer.add_image(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8), name="rgb",
-                           scale=(2, 3))
+                           scale=(2, 3), rgb=True)
     [layer] = ctl.run(rgb, m=1, k=2)
     assert layer.data.shape == (40, 50) and tuple(layer.scale) == (2, 3)
 
@@ -150,7 +150,10 @@ def test_sample_data_is_deterministic():
 def test_rgb_stack_and_volume_are_sets_of_slices(model):
     viewer = ViewerModel()
     ctl = ProtocolController(viewer, model=model)
-    rgb = viewer.add_image(np.random.default_rng(0).integers(0, 255, (2, 30, 40, 3), dtype=np.uint8), name="rgbs")
+    colours = np.random.default_rng(0).integers(0, 255, (2, 30, 40, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="rgb=True"):  # napari did not guess RGB: say how to fix it
+        ctl.prepare(viewer.add_image(colours, rgb=False, name="channels"), 1, 2)
+    rgb = viewer.add_image(colours, name="rgbs", rgb=True)
     [layer] = ctl.run(rgb, m=1, k=2)
     assert rgb.rgb and layer.data.shape == (2, 30, 40)
     volume = viewer.add_image(np.random.default_rng(1).random((4, 24, 24)), name="vol", scale=(2.0, 0.5, 0.5))

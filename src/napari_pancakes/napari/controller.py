@@ -134,6 +134,12 @@ class ProtocolController:
         if layer.multiscale:
             raise ValueError(f"layer '{layer.name}' is multiscale; open a single-resolution image")
         spatial_ndim = layer.ndim  # for RGB napari already excludes the colour axis
+        shape = tuple(layer.data.shape)
+        if not layer.rgb and len(shape) >= 3 and shape[-1] in (3, 4) and shape[-1] < min(shape[-3], shape[-2]):
+            raise ValueError(
+                f"layer '{layer.name}' {shape} looks like colour images opened as {shape[-1]} separate channels; "
+                "open it as RGB (viewer.add_image(data, rgb=True)) or keep one channel"
+            )
         if spatial_ndim not in (2, 3):
             raise ValueError(
                 f"layer '{layer.name}' has {spatial_ndim} spatial dimensions {tuple(layer.data.shape)}; "

@@ -65,3 +65,16 @@ def test_bad_input_is_refused(tmp_path):
         export_label_map(tmp_path / "x", np.zeros((2, 2, 2, 2), np.uint8))
     with pytest.raises(ValueError, match="format"):
         export_label_map(tmp_path / "x", _labels(), formats=("jpeg",))
+
+
+def test_npe2_writer_writes_names_from_features(tmp_path):
+    from napari_pancakes.napari._io import get_reader, write_labels
+
+    lab = _labels()
+    written = write_labels(str(tmp_path / "saved.tif"), lab,
+                           {"features": {"index": [0, 1], "name": ["background", "cell"]}, "scale": (1, 2, 2)})
+    assert str(tmp_path / "saved.tif") in written
+    [(data, attrs, kind)] = get_reader(str(tmp_path / "saved.labels.json"))(str(tmp_path / "saved.labels.json"))
+    np.testing.assert_array_equal(data, lab)
+    assert attrs["features"]["name"][1] == "cell" and attrs["scale"] == [1, 2, 2]
+    assert get_reader(str(tmp_path / "saved.tif")) is None  # plain TIFFs are left to napari

@@ -1,0 +1,22 @@
+"""The npe2 manifest is found through the installed distribution and every command resolves."""
+import importlib
+
+from npe2 import PluginManifest
+
+
+def test_manifest_valid_and_commands_importable():
+    pm = PluginManifest.from_distribution("napari-pancakes")
+    assert pm.name == "napari-pancakes"
+    assert pm.contributions.widgets and pm.contributions.sample_data
+    for cmd in pm.contributions.commands:
+        module, _, attr = cmd.python_name.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), cmd.python_name
+
+
+def test_bundled_files_present():
+    import napari_pancakes
+    from importlib.resources import files
+
+    root = files(napari_pancakes)
+    assert root.joinpath("napari.yaml").is_file()
+    assert root.joinpath("weights", "pancakes_default.safetensors").is_file()

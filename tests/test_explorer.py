@@ -91,6 +91,11 @@ def test_run_browse_choose_rename_export(qtbot, widget, tmp_path):
     np.testing.assert_array_equal(back.data, chosen.data)
     assert "nucleus" in list(back.features["name"])
 
+    # napari's own File > Save with this plugin's writer keeps the names too
+    viewer.layers.selection = {chosen}
+    saved = viewer.layers.save(str(tmp_path / "saved.tif"), selected=True, plugin="napari-pancakes")
+    assert str(tmp_path / "saved.labels.json") in saved
+
     # overwriting asks; declining writes nothing
     w.confirm = lambda message: False
     assert w.export_to(str(tmp_path / "chosen"), formats=["tiff"]) is None
@@ -146,3 +151,10 @@ def test_failed_run_shows_error_and_changes_nothing(qtbot, widget):
     viewer.add_image(synthetic_blobs(n_images=2, size=32), name="blobs")
     _run(qtbot, w)
     assert "weights file not found" in w.last_message and len(viewer.layers) == 1
+
+
+def test_closing_the_widget_releases_keys_and_events(widget):
+    w, viewer = widget, widget.viewer
+    w.close()
+    viewer.add_image(np.zeros((8, 8)), name="after close")  # no callback into the closed widget
+    assert not any(str(k).lower() in ("n", "h", "u") for k in viewer.keymap)

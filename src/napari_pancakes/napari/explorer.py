@@ -91,11 +91,16 @@ class ExplorerWidget(QWidget):
         layout.addStretch(1)
 
         layers = self.viewer.layers
-        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
-            event.connect(self._refresh_layer_choices)
-        self.viewer.dims.events.current_step.connect(self._on_slice_changed)
+        self._connections = [(e, self._refresh_layer_choices)
+                             for e in (layers.events.inserted, layers.events.removed, layers.events.reordered)]
+        self._connections.append((self.viewer.dims.events.current_step, self._on_slice_changed))
+        for emitter, callback in self._connections:
+            emitter.connect(callback)
         self._refresh_layer_choices()
         self._bind_keys()
+        viewer, connections = self.viewer, self._connections
+        # closing the dock frees the letters and stops viewer events reaching a deleted widget
+        self.destroyed.connect(lambda *_: _release(viewer, connections))
 
     # ----------------------------------------------------------------- panels
     def _build_run_panel(self) -> QGroupBox:
@@ -355,8 +360,6 @@ class ExplorerWidget(QWidget):
         actions = {"n": lambda viewer: self.step(1), "h": lambda viewer: self.step(-1), "u": lambda viewer: self.choose()}
         for key, func in actions.items():
             self.viewer.bind_key(key, func, overwrite=True)
-        viewer = self.viewer
-        self.destroyed.connect(lambda *_: _unbind_keys(viewer))  # closing the dock frees the letters
 
     # ----------------------------------------------------------------- choosing and naming
     def choose(self) -> None:
@@ -457,16 +460,22 @@ class ExplorerWidget(QWidget):
 
     def closeEvent(self, event) -> None:
         self.cancel_run()
-        _unbind_keys(self.viewer)
+        _release(self.viewer, self._connections)
         super().closeEvent(event)
 
 
 # --------------------------------------------------------------------- small Qt helpers
-def _unbind_keys(viewer) -> None:
+def _release(viewer, connections) -> None:
+    """Unbind our shortcut letters and disconnect our viewer callbacks (idempotent)."""
     for key in SHORTCUTS:
         try:
             viewer.bind_key(key, None)
         except (KeyError, ValueError, TypeError):
+            pass
+    for emitter, callback in connections:
+        try:
+            emitter.disconnect(callback)
+        except (KeyError, ValueError, TypeError, RuntimeError):
             pass
 
 

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..model import K_RANGE, M_RANGE
-from .controller import ProtocolController, compute, tag
+from .controller import ProtocolController, checksum, compute, tag
 
 # Single-letter viewer shortcuts (letters napari leaves free in 0.9; never Ctrl+Q).
 SHORTCUTS = {"n": "next protocol", "h": "previous protocol", "u": "use the shown protocol"}
@@ -81,6 +81,7 @@ class ExplorerWidget(QWidget):
         self._adding = False  # layers of a finished run are being added, one per event-loop turn
         self.last_message = ""  # the last notification, for tests and scripts
         self._filling_table = False
+        self._table_cache = None
         self._shown_slice = None
 
         layout = QVBoxLayout(self)
@@ -325,14 +326,14 @@ class ExplorerWidget(QWidget):
             button.deleteLater()
         self.gallery_buttons = []
         protocols = self.controller.protocols() if self.controller.image_name else []
-        thumbs = self.controller.thumbnails(THUMB) if protocols else []
+        size, columns = (THUMB, 4) if len(protocols) <= 8 else (THUMB // 2, 6)  # M up to 32 stays compact
+        thumbs = self.controller.thumbnails(size) if protocols else []
         self._shown_slice = self.controller.current_slice() if protocols else None
-        columns = 4
         for i, (layer, rgba) in enumerate(zip(protocols, thumbs)):
             button = QToolButton()
             button.setToolButtonStyle(Qt.ToolButtonTextUnderIcon)
             button.setIcon(QIcon(_pixmap(rgba)))
-            button.setIconSize(QSize(THUMB, THUMB))
+            button.setIconSize(QSize(size, size))
             button.setText(str(tag(layer)["protocol"]))
             button.setToolTip(layer.name)
             button.setCheckable(True)
@@ -376,9 +377,9 @@ class ExplorerWidget(QWidget):
         """Fill the label table from the chosen layer (areas on the image under the slider)."""
         try:
             layer = self.controller.working()
-            rows = self.controller.label_table(layer)
         except ValueError:
-            layer, rows = None, []
+            layer = None
+        rows = self._label_rows(layer) if layer is not None else []
         s = self.controller.current_slice() if layer is not None else 0
         unit = _area_unit(layer)
         self.table.horizontalHeaderItem(5).setText(f"area ({unit})" if unit != "pixel²" else "area")
@@ -397,6 +398,15 @@ class ExplorerWidget(QWidget):
             for c, item in enumerate(cells):
                 self.table.setItem(r, c, item)
         self._filling_table = False
+
+    def _label_rows(self, layer) -> list[dict]:
+        """Label table rows, measured again only when the pixels, names or scale changed
+        (moving the slider only picks another column of the cached per-image areas)."""
+        key = (id(layer), checksum(layer.data), tuple(layer.features["name"]) if "name" in layer.features else (),
+               tuple(layer.scale))
+        if self._table_cache is None or self._table_cache[0] != key:
+            self._table_cache = (key, self.controller.label_table(layer))
+        return self._table_cache[1]
 
     def _on_item_changed(self, item: QTableWidgetItem) -> None:
         if self._filling_table or item.column() != 2:

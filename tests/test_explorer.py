@@ -158,3 +158,14 @@ def test_closing_the_widget_releases_keys_and_events(widget):
     w.close()
     viewer.add_image(np.zeros((8, 8)), name="after close")  # no callback into the closed widget
     assert not any(str(k).lower() in ("n", "h", "u") for k in viewer.keymap)
+
+
+def test_deleting_a_protocol_layer_updates_the_gallery(qtbot, widget):
+    w, viewer = widget, widget.viewer
+    viewer.add_image(synthetic_blobs(n_images=2, size=32), name="blobs")
+    w.m_spin.setValue(3)
+    w.k_spin.setValue(2)
+    _run(qtbot, w)
+    assert len(w.gallery_buttons) == 3
+    viewer.layers.remove(_protocols(viewer)[1])
+    assert len(w.gallery_buttons) == 2

@@ -225,6 +225,10 @@ class ExplorerWidget(QWidget):
         self.layer_combo.blockSignals(False)
         if keep != current:
             self._on_layer_changed(keep)
+        removed = getattr(event, "value", None) if getattr(event, "type", "") == "removed" else None
+        if removed is not None and tag(removed) and not self._adding:  # a protocol/chosen layer was deleted
+            self.refresh_gallery()
+            self.refresh_table()
 
     def _on_layer_changed(self, name: str) -> None:
         if name and self.controller.protocols(name):

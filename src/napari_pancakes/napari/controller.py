@@ -199,8 +199,8 @@ class ProtocolController:
                 data, protocol_name(request.image_name, p + 1, request.k), request,
                 {"role": "protocol", "source": request.image_name, "protocol": p + 1,
                  "m": request.m, "k": request.k, "seed": request.seed},
+                visible=p == 0,  # the first protocol shown alone, as show_protocol(0) does
             )
-            layer.visible = p == 0  # the first protocol shown alone, as show_protocol(0) does
             if p == 0:
                 self.current = 0
                 self.viewer.layers.selection.active = layer
@@ -215,13 +215,13 @@ class ProtocolController:
                 progress(done, total)
         return self.apply(request, confirm)
 
-    def _add_labels(self, data, name, request: RunRequest, meta: dict, names: dict | None = None):
+    def _add_labels(self, data, name, request: RunRequest, meta: dict, names: dict | None = None, visible=True):
         k = meta["k"]
         names = names or default_names(k)
         layer = self.viewer.add_labels(
             data, name=name, scale=request.scale, translate=request.translate,
             features=names_table(names), metadata={TAG: {**meta, "crc": checksum(data), "edited": False}},
-            opacity=0.6,
+            opacity=0.6, visible=visible,
         )
         if request.units is not None:
             try:

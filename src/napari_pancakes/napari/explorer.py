@@ -450,7 +450,7 @@ class ExplorerWidget(QWidget):
 
     # ----------------------------------------------------------------- export
     def _export_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export chosen label map (stem)", "", "TIFF (*.tif)")
+        path, _ = QFileDialog.getSaveFileName(self, "Export chosen label map (name without extension)", "", "All files (*)")
         if path:
             self.export_to(path)
 

@@ -262,14 +262,16 @@ class ProtocolController:
             self.show_all()
         self.viewer.grid.enabled = bool(enabled)
 
-    def current_slice(self) -> int:
-        """Index of the image of the set under the viewer's slider (0 for a 2D image)."""
-        layers = self.protocols()
-        if not layers or layers[0].ndim < 3:
+    def current_slice(self, layer=None) -> int:
+        """Index of the image of the set under the viewer's slider in ``layer`` (default: the
+        browsed protocols); 0 for a 2D image."""
+        if layer is None:
+            layers = self.protocols()
+            layer = layers[0] if layers else None
+        if layer is None or layer.ndim < 3:
             return 0
-        world = self.viewer.dims.point
-        data_point = layers[0].world_to_data(world)
-        return int(np.clip(round(float(data_point[0])), 0, layers[0].data.shape[0] - 1))
+        data_point = layer.world_to_data(self.viewer.dims.point)
+        return int(np.clip(round(float(data_point[0])), 0, layer.data.shape[0] - 1))
 
     def thumbnails(self, size: int = 96, slice_index: int | None = None) -> list[np.ndarray]:
         """RGBA uint8 (size, size, 4) previews of every protocol on one image of the set."""

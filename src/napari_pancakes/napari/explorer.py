@@ -375,6 +375,12 @@ class ExplorerWidget(QWidget):
             return
         if chosen is not None:
             self.notify(f"'{chosen.name}' is the working label map: name, merge and export it")
+            # painting with napari's brush changes areas: keep the table in step
+            chosen.events.paint.connect(self._on_paint)
+            self._connections.append((chosen.events.paint, self._on_paint))
+        self.refresh_table()
+
+    def _on_paint(self, event=None) -> None:
         self.refresh_table()
 
     def refresh_table(self) -> None:
@@ -384,7 +390,7 @@ class ExplorerWidget(QWidget):
         except ValueError:
             layer = None
         rows = self._label_rows(layer) if layer is not None else []
-        s = self.controller.current_slice() if layer is not None else 0
+        s = self.controller.current_slice(layer) if layer is not None else 0
         unit = _area_unit(layer)
         self.table.horizontalHeaderItem(5).setText(f"area ({unit})" if unit != "pixel²" else "area")
         self._filling_table = True

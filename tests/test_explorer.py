@@ -53,6 +53,11 @@ def test_manifest_opens_widget_and_sample(make_napari_viewer):
     viewer.open_sample("napari-pancakes", "nuclei")
     assert viewer.layers[-1].data.shape == (6, 256, 256)
     assert widget.layer_combo.currentText() == "nuclei"
+    from napari_pancakes.model import K_RANGE, M_RANGE
+
+    assert (widget.m_spin.value(), widget.k_spin.value()) == (8, 20)
+    assert (widget.m_spin.minimum(), widget.m_spin.maximum()) == M_RANGE
+    assert (widget.k_spin.minimum(), widget.k_spin.maximum()) == K_RANGE
 
 
 def test_run_browse_choose_rename_export(qtbot, widget, tmp_path):

@@ -44,11 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-every-min", type=float, default=d.ckpt_every_min)
     t.add_argument("--data-root", default=d.data_root)
     t.add_argument("--cache-dir", default=d.cache_dir)
+    t.add_argument("--features", type=int, default=d.features, help="U-Net width of a new model (paper: 32)")
     t.add_argument("--no-mni", dest="mni", action="store_false", help="leave out the nilearn MNI152 slices")
 
     e = sub.add_parser("export", help="write a checkpoint's model as safetensors")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
+
+    v = sub.add_parser("evaluate", help="Set Dice of weights and baselines (M=8, K=20, S=1,3,5)")
+    v.add_argument("--weights", type=Path, default=None, help="safetensors file (default: the bundled weights)")
+    v.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for per-method scores and summary")
+    v.add_argument("--methods", type=_csv, default=["pancakes", "random_init", "kmeans", "slic"])
+    v.add_argument("--n-sets", type=int, default=30, help="sets per (source, label, S)")
+    v.add_argument("--holdout", type=_csv, default=d.holdout)
+    v.add_argument("--data-root", type=Path, default=Path(d.data_root))
+    v.add_argument("--cache-dir", type=Path, default=Path(d.cache_dir))
+    v.add_argument("--threads", type=int, default=2)
     return p
 
 
@@ -63,6 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         from .train import export_checkpoint
 
         print(export_checkpoint(args.checkpoint, args.out))
+    elif args.command == "evaluate":
+        from .evaluate import evaluate
+
+        evaluate(args.weights, args.out, args.methods, args.n_sets, args.holdout, args.data_root, args.cache_dir,
+                 args.threads)
 
 
 if __name__ == "__main__":

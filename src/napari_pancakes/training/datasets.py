@@ -37,7 +37,7 @@ class RealDataset:
     ``groups``: natural coarsenings, each an array mapping a label id to a coarse id.
     ``eval_group``: the coarsening whose labels are the evaluation targets (None: as is).
     ``stack``/``position``: for slices of one volume, members of a set come from one stack
-    and lie within ``MNI_SLICE_WINDOW`` of each other.
+    and lie within ``MNI_SLICE_WINDOW`` of each other (or are the closest available).
     """
 
     name: str
@@ -55,7 +55,11 @@ class RealDataset:
         if self.stack is None:
             return rng.choice(len(self), size=s, replace=False)
         i = rng.integers(len(self))
-        near = np.flatnonzero((self.stack == self.stack[i]) & (np.abs(self.position - self.position[i]) <= MNI_SLICE_WINDOW))
+        same = np.flatnonzero(self.stack == self.stack[i])
+        dist = np.abs(self.position[same] - self.position[i])
+        near = same[dist <= MNI_SLICE_WINDOW]
+        if near.size < s:  # sparse stacks (e.g. a validation split): the s closest slices
+            near = same[np.argsort(dist, kind="stable")[:s]]
         return rng.choice(near, size=min(s, near.size), replace=False)
 
     def eval_labels(self, idx) -> np.ndarray:

@@ -62,6 +62,7 @@ class TrainConfig:
     data_root: str = str(DATA_ROOT)
     cache_dir: str = "runs/cache"
     mni: bool = True
+    features: int = 32  # U-Net width (PancakesConfig.features); saved with the weights
 
 
 class SetLoss(nn.Module):
@@ -196,12 +197,14 @@ def train(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
-    model = Pancakes(PancakesConfig()).to(device)
+    model = Pancakes(PancakesConfig(features=cfg.features)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, elapsed_before = 0, -1.0, 0.0
     last_ckpt = out / "last.pt"
     if cfg.resume and last_ckpt.is_file():
         ck = torch.load(last_ckpt, map_location=device, weights_only=False)
+        model = Pancakes(PancakesConfig(**ck["config"])).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step, best, elapsed_before = ck["step"], ck["best"], ck.get("elapsed", 0.0)
@@ -297,7 +300,7 @@ def train(cfg: TrainConfig) -> dict:
         if main_proc and step % cfg.log_every == 0:
             rate = window_n / (time.time() - window_t)
             print(f"step {step} loss {window_loss / window_n:.4f} lr {_lr_at(step, cfg):.2e} "
-                  f"scale {float(model.h.scale):.1f} {rate:.2f} steps/s", flush=True)
+                  f"scale {float(model.h.scale.detach()):.1f} {rate:.2f} steps/s", flush=True)
             window_loss, window_t, window_n = 0.0, time.time(), 0
     checkpoint(last_ckpt)
     if main_proc:

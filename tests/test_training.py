@@ -1,0 +1,126 @@
+"""Training components: synthetic sets, the set loss, a resumable 3-step run, real-data loading."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_pancakes.training.augment import augment_set
+from napari_pancakes.training.datasets import derive_target, load_real_datasets
+from napari_pancakes.training.loss import best_pair_loss, pair_losses, set_loss
+from napari_pancakes.training.synthetic import synthetic_set
+from napari_pancakes.training.train import TrainConfig, train
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_synthetic_set_shapes_and_determinism():
+    images, labels = synthetic_set(np.random.default_rng(3), 4)
+    assert images.shape == labels.shape == (4, 128, 128)
+    assert images.dtype == np.float32 and np.issubdtype(labels.dtype, np.integer)
+    assert images.min() >= 0 and images.max() <= 1
+    again, again_labels = synthetic_set(np.random.default_rng(3), 4)
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, again_labels)
+
+
+def test_synthetic_members_differ_but_share_labels():
+    rng = np.random.default_rng(5)
+    closer = 0
+    for _ in range(6):
+        images, labels = synthetic_set(rng, 3)
+        _, other = synthetic_set(rng, 1)
+        assert not np.array_equal(images[0], images[1])
+        assert not np.array_equal(labels[0], labels[1])  # independent deformations
+        ids = [set(np.unique(lab).tolist()) for lab in labels]
+        shared = set.intersection(*ids)
+        assert len(shared) >= 0.5 * max(len(i) for i in ids)
+        # same template: members agree pixel-wise more than members of different sets do
+        closer += (labels[0] == labels[1]).mean() > (labels[0] == other[0]).mean()
+    assert closer >= 5
+
+
+def test_augment_keeps_shapes_and_range():
+    rng = np.random.default_rng(0)
+    images, labels = synthetic_set(rng, 3)
+    aug, aug_labels = augment_set(rng, images, labels)
+    assert aug.shape == images.shape and aug_labels.shape == labels.shape
+    assert aug.min() >= 0 and aug.max() <= 1
+    assert set(np.unique(aug_labels)) <= set(np.unique(labels)) | {0}
+
+
+def _one_hot_logits(maps, k, scale=50.0):
+    """Logits (S, M, K, H, W) that put label ``maps[m][s]`` everywhere with high confidence."""
+    maps = torch.as_tensor(np.asarray(maps)).permute(1, 0, 2, 3)  # (S, M, H, W)
+    return torch.nn.functional.one_hot(maps, k).permute(0, 1, 4, 2, 3).float() * scale
+
+
+def test_loss_perfect_prediction_is_zero_and_min_picks_best_pair():
+    target = np.zeros((2, 16, 16), bool)
+    target[:, 4:12, 4:12] = True
+    good = target.astype(int) * 2  # label 2 = target, label 0 elsewhere
+    bad = np.zeros_like(good)  # everything label 0
+    logits = _one_hot_logits([bad, good], k=3)  # protocol 1 is right
+    t = torch.from_numpy(target).float()
+    d = pair_losses(logits, t)
+    assert d.shape == (2, 3)
+    assert float(d[1, 2]) < 1e-3
+    assert float(set_loss(logits, t)) == pytest.approx(float(d[1, 2]))
+    assert float(d[0, 0]) > 0.5 and float(d[1, 1]) > 0.98
+
+
+def test_loss_averages_over_the_set():
+    target = np.zeros((2, 16, 16), bool)
+    target[:, :8] = True
+    pred = np.zeros((1, 2, 16, 16), int)
+    pred[0, 0, :8] = 1  # right in image 0, label 1 absent in image 1
+    d = pair_losses(_one_hot_logits(pred, k=2), torch.from_numpy(target).float())
+    dice1_img1 = 1 - 1 / (128 + 1)  # empty prediction vs 128-pixel target, EPS = 1
+    assert float(d[0, 1]) == pytest.approx((0 + dice1_img1) / 2, abs=1e-3)
+
+
+def test_fast_loss_matches_reference_gradient():
+    torch.manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(3, 8, 16, 16), dim=1).requires_grad_()
+    w = torch.randn(4, 6, 8, requires_grad=True)
+    b = torch.randn(4, 6, requires_grad=True)
+    target = (torch.rand(3, 16, 16) > 0.6).float()
+    logits_fn = lambda f, ww, bb: torch.einsum("ndhw,mkd->nmkhw", f, ww) + bb[None, :, :, None, None]
+    fast, _ = best_pair_loss(feats, w, b, target, logits_fn)
+    ref = set_loss(logits_fn(feats, w, b), target)
+    assert float(fast.detach()) == pytest.approx(float(ref.detach()), abs=1e-6)
+    g_fast = torch.autograd.grad(fast, [feats, w])
+    g_ref = torch.autograd.grad(ref, [feats, w])
+    for a, r in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, r, atol=1e-6, rtol=1e-4)
+
+
+def test_training_smoke_writes_and_resumes_checkpoint(tmp_path):
+    cfg = dict(out=str(tmp_path / "run"), batch_sets=1, s_range=(2, 2), m_range=(2, 3), k_range=(3, 4),
+               val_sets=1, data_root=str(tmp_path / "no-data"), mni=False, features=8, threads=1,
+               cache_dir=str(tmp_path / "cache"), log_every=1, warmup=1)
+    train(TrainConfig(steps=2, **cfg))
+    ckpt = tmp_path / "run" / "last.pt"
+    assert ckpt.is_file() and (tmp_path / "run" / "best.safetensors").is_file()
+    assert torch.load(ckpt, weights_only=False)["step"] == 2
+    train(TrainConfig(steps=3, resume=True, **cfg))
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 3 and state["config"]["features"] == 8
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") >= 3
+
+
+def test_real_datasets_load_when_present(tmp_path):
+    if not (SHARED_DATA / "drive_vessels").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    real = load_real_datasets(["drive_vessels"], root=SHARED_DATA, cache_dir=tmp_path, mni=False)
+    ds = real["drive_vessels"]
+    assert ds.images.shape == ds.labels.shape == (40, 128, 128)
+    assert ds.images.dtype == np.float32 and 0 <= ds.images.min() and ds.images.max() <= 1
+    rng = np.random.default_rng(0)
+    target = derive_target(rng, ds.labels[ds.set_indices(rng, 3)].astype(np.int64))
+    assert target is not None and target.shape == (3, 128, 128)
+    assert (target.reshape(3, -1).sum(1) >= 16).all()
+
+
+def test_missing_data_root_gives_no_real_datasets(tmp_path):
+    assert load_real_datasets(root=tmp_path / "absent", mni=False) == {}

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data-root", type=Path, default=Path(d.data_root))
     v.add_argument("--cache-dir", type=Path, default=Path(d.cache_dir))
     v.add_argument("--threads", type=int, default=2)
+
+    c = sub.add_parser("curve", help="plot a run's training loss and validation Set Dice")
+    c.add_argument("run", type=Path)
+    c.add_argument("out", type=Path)
     return p
 
 
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
 
         evaluate(args.weights, args.out, args.methods, args.n_sets, args.holdout, args.data_root, args.cache_dir,
                  args.threads)
+    elif args.command == "curve":
+        from .evaluate import plot_training_curve
+
+        print(plot_training_curve(args.run, args.out))
 
 
 if __name__ == "__main__":

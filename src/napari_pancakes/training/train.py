@@ -134,6 +134,22 @@ def split_validation(real: dict[str, RealDataset], every: int = 10):
     return train, val
 
 
+def init_weights(model: nn.Module) -> None:
+    """He-normal convolutions with zero biases for a new model.
+
+    PyTorch's default init shrinks the signal at every layer: through the ~20 convolutions of
+    U-Net + head, ``phi`` varies by ~0.002 across pixels against a ~0.1 constant, so the
+    unit-normalised head features point the same way everywhere, every pixel gets one label,
+    and the best-pair loss settles on "one label covers the image" (measured: validation Set
+    Dice stayed at the all-one-label value for 370 steps). He init keeps per-pixel
+    variation (std 0.15-0.2) and all K labels in use from step 0.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, a=0.25, nonlinearity="leaky_relu")  # PReLU starts at 0.25
+            nn.init.zeros_(module.bias)
+
+
 def _rng_state(rng: np.random.Generator) -> dict:
     return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -197,7 +213,9 @@ def train(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
-    model = Pancakes(PancakesConfig(features=cfg.features)).to(device)
+    model = Pancakes(PancakesConfig(features=cfg.features))
+    init_weights(model)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, elapsed_before = 0, -1.0, 0.0
     last_ckpt = out / "last.pt"

@@ -261,6 +261,7 @@ class ProtocolController:
         if enabled:
             self.show_all()
         self.viewer.grid.enabled = bool(enabled)
+        self.viewer.reset_view()  # fit every tile (or the single view) in the canvas
 
     def current_slice(self, layer=None) -> int:
         """Index of the image of the set under the viewer's slider in ``layer`` (default: the

@@ -23,7 +23,7 @@ from ..metrics import set_dice
 from ..model import Pancakes
 from .datasets import DATA_ROOT, MIN_TARGET_PX, load_real_datasets
 from .synthetic import synthetic_set
-from .train import split_validation
+from .train import init_weights, split_validation
 
 M, K = 8, 20
 
@@ -119,7 +119,9 @@ def evaluate(weights: Path | None, out_dir: Path, methods: list[str], n_sets: in
     real = load_real_datasets(root=data_root, cache_dir=cache_dir)
     items = evaluation_sets(real, n_sets, holdout=holdout)
     torch.manual_seed(0)
-    random_model = Pancakes().eval()
+    random_model = Pancakes()
+    init_weights(random_model)  # the starting point of training
+    random_model.eval()
     model = load_model(weights, device="cpu") if "pancakes" in methods else None
     fns = _methods(model, random_model)
     out_dir.mkdir(parents=True, exist_ok=True)

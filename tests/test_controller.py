@@ -159,3 +159,14 @@ def test_rgb_stack_and_volume_are_sets_of_slices(model):
     volume = viewer.add_image(np.random.default_rng(1).random((4, 24, 24)), name="vol", scale=(2.0, 0.5, 0.5))
     [layer] = ctl.run(volume, m=1, k=2)
     assert layer.data.shape == (4, 24, 24) and tuple(layer.scale) == (2.0, 0.5, 0.5)
+
+
+def test_source_image_of_the_chosen_layer(setup):
+    viewer, image, ctl = setup
+    with pytest.raises(ValueError, match="no chosen label map"):
+        ctl.source_image()
+    ctl.run(image, m=2, k=3)
+    chosen = ctl.choose()
+    assert ctl.source_image() is image and ctl.source_image(ctl.protocols()[1]) is image
+    image.name = "renamed"
+    assert ctl.source_image(chosen) is None  # the source is tracked by name

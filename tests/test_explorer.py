@@ -174,3 +174,53 @@ def test_deleting_a_protocol_layer_updates_the_gallery(qtbot, widget):
     assert len(w.gallery_buttons) == 3
     viewer.layers.remove(_protocols(viewer)[1])
     assert len(w.gallery_buttons) == 2
+
+
+def _refine_widgets(viewer):
+    from napari_pancakes.napari.refine_widget import RefineWidget
+
+    return [(name, wd) for name, wd in viewer.window.dock_widgets.items() if isinstance(wd, RefineWidget)]
+
+
+def test_refine_label_opens_the_click_refinement_widget(qtbot, widget):
+    w, viewer = widget, widget.viewer
+    image = viewer.add_image(synthetic_blobs(n_images=3, size=48), name="blobs")
+    w.m_spin.setValue(2)
+    w.k_spin.setValue(3)
+    _run(qtbot, w)
+    w.choose()
+    chosen = viewer.layers["blobs chosen"]
+    viewer.dims.set_current_step(0, 2)  # the image under the slider is the one to refine
+    row = w.table.rowCount() - 1
+    label = int(w.table.item(row, 0).text())
+    w.table.selectRow(row)
+    assert w.selected_labels() == [label]
+    w.refine_button.click()
+    docked = _refine_widgets(viewer)
+    name, refine = docked[0]
+    assert len(docked) == 1 and "Click refinement" in name and "napari-pancakes" in name  # docked from the manifest
+    assert refine.parent().isVisibleTo(viewer.window._qt_window)
+    assert (refine.labels_combo.currentText(), refine.image_combo.currentText()) == (chosen.name, image.name)
+    assert (refine.label_spin.value(), refine.slice_spin.value()) == (label, 2)
+    assert "press Refine" in refine.last_message and refine.session is None
+
+    # pressing it again reuses the docked widget with the new choice
+    viewer.dims.set_current_step(0, 0)
+    w.table.selectRow(0)
+    first = int(w.table.item(0, 0).text())
+    assert w.refine_selected() is refine and len(_refine_widgets(viewer)) == 1
+    assert (refine.label_spin.value(), refine.slice_spin.value()) == (first, 0)
+
+
+def test_refine_label_without_choice_or_selection_gives_a_message(qtbot, widget):
+    w, viewer = widget, widget.viewer
+    w.refine_button.click()  # nothing chosen yet
+    assert "no chosen label map" in w.last_message and not _refine_widgets(viewer)
+    viewer.add_image(synthetic_blobs(n_images=2, size=32), name="blobs")
+    w.m_spin.setValue(2)
+    w.k_spin.setValue(2)
+    _run(qtbot, w)
+    w.choose()
+    w.table.clearSelection()
+    w.refine_button.click()
+    assert "select a label" in w.last_message and not _refine_widgets(viewer)

@@ -20,3 +20,11 @@ def test_bundled_files_present():
     root = files(napari_pancakes)
     assert root.joinpath("napari.yaml").is_file()
     assert root.joinpath("weights", "pancakes_default.safetensors").is_file()
+
+
+def test_manifest_has_the_refine_widget():
+    pm = PluginManifest.from_distribution("napari-pancakes")
+    widgets = {w.display_name: w.command for w in pm.contributions.widgets}
+    assert widgets["Click refinement"] == "napari-pancakes.refine"
+    command = next(c for c in pm.contributions.commands if c.id == "napari-pancakes.refine")
+    assert command.python_name == "napari_pancakes.napari.refine_widget:RefineWidget"

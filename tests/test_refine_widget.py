@@ -170,3 +170,19 @@ def test_slow_model_runs_in_worker_and_queues_clicks(setup, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: w.worker is None and not w._pending and len(w.session.clicks) == 2, timeout=WAIT_MS)
     assert viewer.layers[POINTS_NAME].data.shape == (2, 3)
     assert w.accept()
+
+
+def test_set_target_preselects_layers_label_and_slice(setup):
+    viewer, w, lab, labels0, disk = setup
+    other = viewer.add_labels(labels0.copy(), name="other", scale=lab.scale, translate=lab.translate)
+    viewer.add_image(np.zeros((3, 64, 72), np.float32), name="img2", scale=lab.scale, translate=lab.translate)
+    assert w.set_target(other, viewer.layers["img"], 1, 2), w.last_message
+    assert (w.labels_combo.currentText(), w.image_combo.currentText()) == ("other", "img")
+    assert (w.label_spin.value(), w.slice_spin.value()) == (1, 2)
+    assert viewer.dims.current_step[0] == 2  # the slider shows the image to click on
+    assert not w.set_target(other, other, 1, 0) and "not an Image layer" in w.last_message
+    assert not w.set_target(other, viewer.layers["img"], 0, 0) and "background" in w.last_message
+    assert w.start(), w.last_message
+    assert w._target[1].name == "other" and w._target[2] == 2 and w._target[3] == 1
+    assert not w.set_target(lab, viewer.layers["img"], 2, 1) and "already open" in w.last_message
+    w.cancel()

@@ -333,6 +333,18 @@ class ProtocolController:
                 return ly
         raise ValueError("no chosen label map yet: pick a protocol with 'Use this protocol' first")
 
+    def source_image(self, layer=None):
+        """The Image layer a protocol or chosen layer was made from (default: the working
+        layer), or None when it is no longer in the viewer (removed or renamed)."""
+        from napari.layers import Image
+
+        layer = self.working(layer)
+        name = tag(layer).get("source")
+        if name is None or name not in self.viewer.layers:
+            return None
+        image = self.viewer.layers[name]
+        return image if isinstance(image, Image) else None
+
     # ----------------------------------------------------------------- naming and editing
     def names(self, layer=None) -> dict[int, str]:
         return names_of(self.working(layer))

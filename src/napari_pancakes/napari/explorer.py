@@ -2,7 +2,8 @@
 
 Four panels, top to bottom, follow the data: Run (image, M, K, seed, progress, Cancel),
 Protocols (gallery of the M candidates on the current image, next/previous, grid, "Use this
-protocol"), Labels (names, colours, areas; merge, to background, undo) and Export.
+protocol"), Labels (names, colours, areas; merge, to background, undo, "Refine label..."
+which opens the click-refinement dock widget) and Export.
 
 Inference runs in a ``napari.qt.threading`` generator worker that yields once per image, so
 the viewer keeps drawing and Cancel takes effect between images. Errors never escape as
@@ -43,6 +44,8 @@ from .controller import ProtocolController, checksum, compute, tag
 # Single-letter viewer shortcuts (letters napari leaves free in 0.9; never Ctrl+Q).
 SHORTCUTS = {"n": "next protocol", "h": "previous protocol", "u": "use the shown protocol"}
 THUMB = 84
+PLUGIN_NAME = "napari-pancakes"
+REFINE_WIDGET_NAME = "Click refinement"  # display_name of the refine widget in napari.yaml
 
 
 class _Failure:
@@ -187,6 +190,11 @@ class ExplorerWidget(QWidget):
         for w in (self.merge_button, self.background_button, self.undo_button):
             row.addWidget(w)
         layout.addLayout(row)
+        self.refine_button = QPushButton("Refine label...")
+        self.refine_button.setToolTip("Correct the first selected label on the image under the slider with clicks "
+                                      "(opens the Click refinement panel)")
+        self.refine_button.clicked.connect(self.refine_selected)
+        layout.addWidget(self.refine_button)
         return box
 
     def _build_export_panel(self) -> QGroupBox:
@@ -441,6 +449,48 @@ class ExplorerWidget(QWidget):
             self.notify("select a label in the table first", error=True)
             return
         self._edit(lambda: [self.controller.to_background(label) for label in labels])
+
+    def refine_selected(self):
+        """Open (or reuse) the Click refinement dock widget on the chosen label map, its image,
+        the first selected label and the image under the slider. Returns that widget, or None
+        (with a message) when no protocol is chosen, no label is selected or the image is gone."""
+        try:
+            layer = self.controller.working()
+        except ValueError as exc:
+            self.notify(str(exc), error=True)
+            return None
+        labels = self.selected_labels()
+        if not labels:
+            self.notify("select a label in the table first", error=True)
+            return None
+        image = self.controller.source_image(layer)
+        if image is None:
+            self.notify(f"the image '{tag(layer).get('source')}' of '{layer.name}' is no longer in the viewer", error=True)
+            return None
+        widget = self._refine_widget()
+        if not widget.set_target(layer, image, labels[0], self.controller.current_slice(layer)):
+            self.notify(widget.last_message, error=True)
+        return widget
+
+    def _refine_widget(self):
+        """The viewer's docked RefineWidget (shown and raised), docked first if there is none."""
+        from .refine_widget import RefineWidget
+
+        window = self.viewer.window
+        widget = next((w for w in window.dock_widgets.values() if isinstance(w, RefineWidget)), None)
+        if widget is None:
+            try:  # through the manifest: the same dock as Plugins > ... > Click refinement
+                _, widget = window.add_plugin_dock_widget(PLUGIN_NAME, REFINE_WIDGET_NAME)
+            except (LookupError, TypeError, ValueError):  # plugin not registered with npe2
+                widget = None
+            if not isinstance(widget, RefineWidget):
+                widget = RefineWidget(self.viewer)
+                window.add_dock_widget(widget, name=REFINE_WIDGET_NAME)
+        dock = widget.parent()
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        return widget
 
     def undo(self) -> None:
         done = self.controller.undo()

@@ -114,6 +114,34 @@ class RefineWidget(QWidget):
         s = int(np.round(labels.world_to_data(self.viewer.dims.point)[0]))
         self.slice_spin.setValue(int(np.clip(s, 0, labels.data.shape[0] - 1)))
 
+    def set_target(self, labels_layer, image_layer, label_id: int, slice_index: int | None = None) -> bool:
+        """Preselect what to refine (the explorer's *Refine label...* calls this): the labels and
+        image layers, the label id and, for (S, H, W) layers, the image index (the viewer's
+        slider moves there, since clicks must land on it). Nothing starts until Refine is
+        pressed. Returns False (with a message) while a session is open or when a layer is not
+        in the viewer."""
+        if self.session is not None:
+            return self._say("a session is already open: Accept or Cancel it first", False)
+        for layer, kind in ((labels_layer, "labels"), (image_layer, "image")):
+            if getattr(layer, "name", None) not in [ly.name for ly in self._layers(kind)]:  # plugin viewers proxy layers
+                article = "a Labels" if kind == "labels" else "an Image"
+                return self._say(f"'{getattr(layer, 'name', layer)}' is not {article} layer of this viewer", False)
+        if int(label_id) < 1:
+            return self._say("label 0 is the background; choose a label to refine", False)
+        self._refresh_layers()  # picks up renamed layers too
+        self.labels_combo.setCurrentText(labels_layer.name)
+        self.image_combo.setCurrentText(image_layer.name)
+        self._labels_changed()  # slice range of this labels layer
+        self.label_spin.setValue(int(label_id))
+        where = ""
+        if slice_index is not None and labels_layer.ndim == 3:
+            s = int(np.clip(int(slice_index), 0, labels_layer.data.shape[0] - 1))
+            axis = self.viewer.dims.ndim - labels_layer.ndim
+            self.viewer.dims.set_point(axis, float(labels_layer.data_to_world((s, 0, 0))[0]))
+            self.slice_spin.setValue(s)
+            where = f" on image {s}"
+        return self._say(f"label {int(label_id)} of '{labels_layer.name}'{where}: press Refine, then click", True)
+
     def _layer(self, name: str):
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 

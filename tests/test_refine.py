@@ -161,3 +161,19 @@ def test_simulated_session_improves(refiner):
     dices, times = simulate_session(refiner, img, truth, n_clicks=3)
     assert len(dices) == 4 and dices[0] == 0.0
     assert max(dices) > 0.8
+
+
+def test_clicked_spot_always_follows_the_click():
+    from napari_pancakes.refine.model import honour_clicks
+
+    mask = np.zeros((300, 300), bool)
+    out = honour_clicks(mask.copy(), [(10.0, 20.0, True), (150.2, 150.7, True), (150.2, 150.7, False)])
+    assert out[10, 20] and out[10, 21] and not out[10, 25]
+    assert not out[150, 151], "a later click on the same spot wins"
+    assert out.sum() < 20
+
+
+def test_predict_honours_clicks(refiner):
+    img, truth = disk_image()
+    pred = refiner.predict(img, positive=[(5, 5)], negative=[(48, 56)], prior=truth)
+    assert pred[5, 5] and not pred[48, 56]

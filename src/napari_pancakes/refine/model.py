@@ -204,8 +204,28 @@ class Refiner:
         """Bool mask aligned with ``image`` from clicks ((y, x) in image pixels) and an optional prior.
 
         ``prior``: a bool mask of the image's shape (e.g. the chosen Pancakes label) or logits.
+        The clicked spots themselves always follow the clicks (:func:`honour_clicks`).
         """
-        return self.predict_logits(image, positive, negative, prior)[0] > 0
+        logits = self.predict_logits(image, positive, negative, prior)[0]
+        clicks = [(y, x, True) for y, x in positive] + [(y, x, False) for y, x in negative]
+        return honour_clicks(logits > 0, clicks)
+
+
+def honour_clicks(mask: np.ndarray, clicks) -> np.ndarray:
+    """Set the pixels under each click (y, x, positive), in order, to the click's sign.
+
+    The network's answer near a click is usually right, but not always (a negative click on a
+    thin false band could leave the clicked pixel in the mask): a user who clicks a spot must
+    see that spot change. The radius is about one working-grid pixel in image pixels.
+    """
+    h, w = mask.shape
+    radius = max(1.0, max(h, w) / 256)
+    for y, x, positive in clicks:
+        y0, y1 = max(0, int(np.floor(y - radius))), min(h, int(np.ceil(y + radius)) + 1)
+        x0, x1 = max(0, int(np.floor(x - radius))), min(w, int(np.ceil(x + radius)) + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        mask[y0:y1, x0:x1][(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = bool(positive)
+    return mask
 
 
 def save_refiner(net: RefinerNet, path: str | Path, extra: dict | None = None) -> Path:

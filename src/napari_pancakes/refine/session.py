@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model import Refiner, _check_image, _check_points
+from .model import Refiner, _check_image, _check_points, honour_clicks
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class RefineSession:
         n = [(y, x) for y, x, s in clicks if not s]
         r = self.refiner
         logits = r.predict_work(self._work, r.to_work(p, self.shape), r.to_work(n, self.shape), self.state.logits)
-        mask = r.upsample(logits, self.shape) > 0
+        mask = honour_clicks(r.upsample(logits, self.shape) > 0, clicks)
         self._push(SessionState(clicks, mask, logits))
         return mask
 

@@ -124,3 +124,15 @@ def test_real_datasets_load_when_present(tmp_path):
 
 def test_missing_data_root_gives_no_real_datasets(tmp_path):
     assert load_real_datasets(root=tmp_path / "absent", mni=False) == {}
+
+
+def test_feature_spread_is_one_when_collapsed_and_small_when_spread():
+    import torch
+
+    from napari_pancakes.training.loss import feature_spread
+
+    same = torch.nn.functional.normalize(torch.ones(2, 8, 16, 16), dim=1)
+    assert abs(float(feature_spread(same)) - 1.0) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    spread = torch.nn.functional.normalize(torch.randn(2, 8, 16, 16, generator=g), dim=1)
+    assert float(feature_spread(spread)) < 0.05

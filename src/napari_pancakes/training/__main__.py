@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--synthetic-ratio", type=float, default=d.synthetic_ratio)
     t.add_argument("--batch-sets", type=int, default=d.batch_sets, help="sets per optimiser step")
     t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--spread-weight", type=float, default=d.spread_weight,
+                   help="weight of the feature-spread term that prevents collapse (0: off)")
     t.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
     t.add_argument("--s-range", type=_pair, default=d.s_range, help="set size range, e.g. 2,5")
     t.add_argument("--m-range", type=_pair, default=d.m_range)

@@ -50,3 +50,12 @@ def best_pair_loss(features: torch.Tensor, weights: torch.Tensor, bias: torch.Te
     logits = head_logits(features, weights[m:m + 1], bias[m:m + 1])  # (S, 1, K, H, W)
     prob = torch.softmax(logits.float(), dim=2)[:, 0, k]
     return soft_dice_loss(prob, target.to(prob.dtype)).mean(), (m, k)
+
+
+def feature_spread(features: torch.Tensor) -> torch.Tensor:
+    """Mean over images of ``||mean_x G(x)||^2`` for unit features (N, D, H, W).
+
+    1 when all pixels of an image share one feature direction (the collapsed state where one
+    label covers everything), near 0 when features spread over the sphere.
+    """
+    return features.float().mean((2, 3)).pow(2).sum(1).mean()

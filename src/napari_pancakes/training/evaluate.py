@@ -167,7 +167,7 @@ def plot_training_curve(run_dir: Path, out_png: Path) -> Path:
         rows = list(csv.DictReader(fh))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(steps, losses, lw=0.8)
-    ax1.set(xlabel="step", ylabel="set loss (1 - best-pair soft Dice)", title="training loss (20-step means)")
+    ax1.set(xlabel="step", ylabel="1 - best-pair soft Dice + feature spread", title="training loss (20-step means)")
     for key in [k for k in rows[0] if k not in ("step", "minutes")]:
         ax2.plot([int(r["step"]) for r in rows], [100 * float(r[key]) for r in rows], marker="o", ms=3,
                  label=key + (" (selection)" if key == "select" else ""), lw=2 if key == "select" else 1)

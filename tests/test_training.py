@@ -109,6 +109,22 @@ def test_training_smoke_writes_and_resumes_checkpoint(tmp_path):
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") >= 3
 
 
+
+def test_training_starts_from_given_weights(tmp_path):
+    """--init continues from released weights: the first checkpoint starts from them, not from He init."""
+    cfg = dict(batch_sets=1, s_range=(2, 2), m_range=(2, 3), k_range=(3, 4), val_sets=1,
+               data_root=str(tmp_path / "no-data"), mni=False, features=8, threads=1,
+               cache_dir=str(tmp_path / "cache"), log_every=1, warmup=1)
+    train(TrainConfig(out=str(tmp_path / "a"), steps=1, **cfg))
+    start = tmp_path / "a" / "best.safetensors"
+    train(TrainConfig(out=str(tmp_path / "b"), steps=1, init=str(start), lr=0.0, **cfg))
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(start)), load_file(str(tmp_path / "b" / "best.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:  # lr 0: weights unchanged from the init file
+        torch.testing.assert_close(a[key], b[key])
+
 def test_real_datasets_load_when_present(tmp_path):
     if not (SHARED_DATA / "drive_vessels").is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")

@@ -43,6 +43,7 @@ class TrainConfig:
     minutes: float = 0.0  # wall-clock budget; 0 = no limit
     device: str = "cpu"
     resume: bool = False
+    init: str = ""  # safetensors weights to start a new run from (ignored when resuming)
     holdout: list[str] = field(default_factory=lambda: ["ph2_skin", "drive_vessels"])
     synthetic_ratio: float = 0.5
     batch_sets: int = 4
@@ -225,8 +226,14 @@ def train(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
-    model = Pancakes(PancakesConfig(features=cfg.features))
-    init_weights(model)
+    if cfg.init:
+        # continue from released weights (e.g. the bundled ones): model only, fresh optimiser
+        from ..io_weights import load_model
+
+        model = load_model(cfg.init, device="cpu")
+    else:
+        model = Pancakes(PancakesConfig(features=cfg.features))
+        init_weights(model)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, elapsed_before = 0, -1.0, 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -58,8 +59,6 @@ def best_labels(images, truths, m: int = 8, k: int = 20):
 
 def time_clicks(refiner, n: int = 40) -> dict:
     """ms per click (model + resampling + threshold) on a 256x256 image, 1 thread vs torch's default."""
-    import os
-
     import torch
 
     from napari_pancakes.refine import RefineSession
@@ -125,7 +124,7 @@ def run(args) -> dict:
         print(name, json.dumps(entry), flush=True)
     torch.set_num_threads(default_threads)
     result["timing_256"] = time_clicks(refiner)
-    result["cpu_count"] = __import__("os").cpu_count()
+    result["cpu_count"] = os.cpu_count()
     return result
 
 

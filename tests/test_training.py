@@ -107,7 +107,8 @@ def test_training_smoke_writes_and_resumes_checkpoint(tmp_path):
     state = torch.load(ckpt, weights_only=False)
     assert state["step"] == 3 and state["config"]["features"] == 8
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") >= 3
-
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "step 3 loss" in log and "resumed from" in log  # what the training-curve plot reads
 
 
 def test_training_starts_from_given_weights(tmp_path):
@@ -124,6 +125,7 @@ def test_training_starts_from_given_weights(tmp_path):
     assert a.keys() == b.keys()
     for key in a:  # lr 0: weights unchanged from the init file
         torch.testing.assert_close(a[key], b[key])
+
 
 def test_real_datasets_load_when_present(tmp_path):
     if not (SHARED_DATA / "drive_vessels").is_dir():

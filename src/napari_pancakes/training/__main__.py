@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--holdout", type=_csv, default=d.holdout, help="comma-separated datasets never trained on")
     t.add_argument("--synthetic-ratio", type=float, default=d.synthetic_ratio)
     t.add_argument("--batch-sets", type=int, default=d.batch_sets, help="sets per optimiser step")
-    t.add_argument("--init", default=d.init, help="start from these safetensors weights (e.g. the bundled src/napari_pancakes/weights/pancakes_default.safetensors)")
+    t.add_argument("--init", default=d.init,
+                   help="start a new run from these safetensors weights (e.g. the bundled pancakes_default.safetensors)")
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--spread-weight", type=float, default=d.spread_weight,
                    help="weight of the feature-spread term that prevents collapse (0: off)")

@@ -217,6 +217,12 @@ def train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
+    def report(line: str) -> None:
+        """Progress to stdout and to ``out/log.txt`` (read by the training-curve plot); main process only."""
+        print(line, flush=True)
+        with (out / "log.txt").open("a") as fh:
+            fh.write(line + "\n")
+
     real = load_real_datasets(root=Path(cfg.data_root), cache_dir=Path(cfg.cache_dir), mni=cfg.mni)
     held = {k: v for k, v in real.items() if k in cfg.holdout}
     train_real, val_real = split_validation({k: v for k, v in real.items() if k not in cfg.holdout})
@@ -247,7 +253,7 @@ def train(cfg: TrainConfig) -> dict:
         step, best, elapsed_before = ck["step"], ck["best"], ck.get("elapsed", 0.0)
         _set_rng_state(rng, ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0])
         if main_proc:
-            print(f"resumed from {last_ckpt} at step {step} (best {best:.4f})", flush=True)
+            report(f"resumed from {last_ckpt} at step {step} (best {best:.4f})")
     loss_module: nn.Module = SetLoss(model, cfg.spread_weight)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -280,7 +286,7 @@ def train(cfg: TrainConfig) -> dict:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-        print("val " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        report("val " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if score > best:
             best = score
             checkpoint(out / "best.pt", scores)
@@ -336,14 +342,14 @@ def train(cfg: TrainConfig) -> dict:
         window_n += 1
         if main_proc and step % cfg.log_every == 0:
             rate = window_n / (time.time() - window_t)
-            print(f"step {step} loss {window_loss / window_n:.4f} lr {_lr_at(step, cfg):.2e} "
-                  f"scale {float(model.h.scale.detach()):.1f} {rate:.2f} steps/s", flush=True)
+            report(f"step {step} loss {window_loss / window_n:.4f} lr {_lr_at(step, cfg):.2e} "
+                   f"scale {float(model.h.scale.detach()):.1f} {rate:.2f} steps/s")
             window_loss, window_t, window_n = 0.0, time.time(), 0
     checkpoint(last_ckpt)
     if main_proc:
         scores = run_validation()
-        print(f"done: step {step}, best selection score {best:.4f}, "
-              f"{(elapsed_before + time.time() - t0) / 60:.1f} min in total", flush=True)
+        report(f"done: step {step}, best selection score {best:.4f}, "
+               f"{(elapsed_before + time.time() - t0) / 60:.1f} min in total")
     if world > 1:
         import torch.distributed as dist
 

@@ -1,0 +1,677 @@
+"""A chosen protocol as a file, applied to new images, and taught by one correction (no Qt).
+
+A :class:`Protocol` is what a user picked in the explorer, in a form that reproduces it on any
+image later: the grid (M, K), the protocol index, the seed, a hash of the model weights, the
+names and colours of the labels, the merges and the labels sent to background, and any label
+directions learnt from a correction. Saved as a small JSON (:meth:`Protocol.save`).
+
+Applying it (:func:`apply_protocol`) needs one pass of the U-Net per image and one (K, D) matrix
+product per pixel, and works in batches: a stream of arrays, an in-memory stack, a Dask array
+(processed chunk by chunk, optionally on a ``dask.distributed`` cluster), or files on disk
+(:func:`apply_to_files`, which writes each label file as soon as its batch is done).
+
+A protocol is a codebook over per-pixel features (``logit_k = <w_k, G(x)> + b_k``), so a
+correction of one label on one image can update that label's direction and bias
+(:func:`fit_label`) and re-label every image (:class:`ProtocolSet.propagate`).
+
+Label ids in the outputs are the model's labels plus one (1..K, 0 = background), as in the
+explorer's layers, then merges and background sends are applied.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .export import _hex, label_dtype
+from .inference import PHI_BATCH, PancakesPredictor, check_mk, interpolation_matrix, protocol_offsets
+from .preprocess import to_image_list
+
+FORMAT = "napari-pancakes-protocol/1"
+NAMES_FILE = "labels.json"  # written beside applied label files
+BATCH = PHI_BATCH
+
+
+# --------------------------------------------------------------------- weights identity
+def weights_hash(model) -> str:
+    """SHA-256 of the model's tensors (names, shapes, dtypes and bytes), cached on the model.
+
+    Two models give the same protocols if and only if this matches, whatever file they came from.
+    """
+    cached = getattr(model, "_pancakes_hash", None)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    digest = h.hexdigest()
+    try:
+        model._pancakes_hash = digest
+    except AttributeError:  # pragma: no cover - exotic module wrappers
+        pass
+    return digest
+
+
+class WeightsMismatch(ValueError):
+    """The protocol was made with other model weights than the ones loaded."""
+
+
+# --------------------------------------------------------------------- the protocol
+@dataclass
+class Protocol:
+    """One chosen protocol: enough to reproduce its label maps on new images.
+
+    Attributes:
+        m, k: the grid the protocol was drawn from (M protocols of K labels).
+        index: the protocol, 0-based (layer "protocol 3" is index 2).
+        seed: the draw of protocols (0: canonical).
+        weights_hash: :func:`weights_hash` of the model that made it.
+        names: output label id -> name (0 = background).
+        colors: output label id -> "#rrggbb".
+        merges: output id -> id it was merged into.
+        background: output ids sent to background (0).
+        learned: model label (0-based) -> {"w": [D floats], "b": float} replacing the label's
+            direction (already multiplied by the logit scale) and bias after a correction;
+            {"off": True} removes a label from the argmax (it was absorbed by a corrected label).
+        weights: where the weights came from ("bundled" or a path), a hint for workers.
+    """
+
+    m: int
+    k: int
+    index: int
+    seed: int = 0
+    weights_hash: str = ""
+    names: dict[int, str] = field(default_factory=dict)
+    colors: dict[int, str] = field(default_factory=dict)
+    merges: dict[int, int] = field(default_factory=dict)
+    background: list[int] = field(default_factory=list)
+    learned: dict[int, dict] = field(default_factory=dict)
+    weights: str = "bundled"
+
+    def __post_init__(self):
+        check_mk(self.m, self.k)
+        if isinstance(self.index, bool) or not isinstance(self.index, (int, np.integer)) or not 0 <= self.index < self.m:
+            raise ValueError(f"protocol index must be an integer in 0..{self.m - 1} (M = {self.m}), got {self.index!r}")
+        self.index, self.seed = int(self.index), int(self.seed or 0)
+        self.names = {int(i): str(n) for i, n in self.names.items()}
+        self.colors = {int(i): str(c) for i, c in self.colors.items()}
+        self.merges = {int(a): int(b) for a, b in self.merges.items()}
+        self.background = sorted({int(b) for b in self.background})
+        self.learned = {int(i): dict(v) for i, v in self.learned.items()}
+        for i in list(self.merges) + self.background + list(self.learned):
+            if not 0 <= i <= self.k:
+                raise ValueError(f"label id {i} is outside 0..{self.k}")
+
+    # ---- construction
+    @classmethod
+    def from_model(cls, model, m: int, k: int, index: int, seed: int = 0, **kw) -> "Protocol":
+        """A protocol of ``model`` with default names (label i) and no edits."""
+        names = kw.pop("names", None) or {0: "background", **{i: f"label {i}" for i in range(1, k + 1)}}
+        return cls(m=m, k=k, index=index, seed=seed, weights_hash=weights_hash(model), names=names,
+                   weights=kw.pop("weights", None) or _weights_origin(model), **kw)
+
+    # ---- label ids
+    def mapping(self) -> np.ndarray:
+        """(K,) output id of each model label (0-based model label -> 0..K)."""
+        out = np.arange(1, self.k + 1, dtype=np.int64)
+        for _ in range(self.k):  # follow chains of merges (a -> b -> c)
+            new = np.array([self.merges.get(int(v), int(v)) for v in out])
+            if np.array_equal(new, out):
+                break
+            out = new
+        out[np.isin(out, self.background)] = 0
+        return out
+
+    def output_ids(self) -> list[int]:
+        return sorted(set(int(i) for i in self.mapping()) | {0})
+
+    def label_names(self) -> dict[int, str]:
+        """Name of every id that can appear in the output."""
+        return {i: self.names.get(i, "background" if i == 0 else f"label {i}") for i in self.output_ids()}
+
+    # ---- files
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["names"] = {str(i): n for i, n in sorted(self.names.items())}
+        d["colors"] = {str(i): c for i, c in sorted(self.colors.items())}
+        d["merges"] = {str(i): t for i, t in sorted(self.merges.items())}
+        d["learned"] = {str(i): v for i, v in sorted(self.learned.items())}
+        return {"format": FORMAT, **d}
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the protocol as JSON; refuses to replace an existing file unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"protocol file {path} exists; choose another name or pass overwrite=True")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)  # never leave a half-written protocol
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "protocol") -> "Protocol":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"{source} is not a napari-pancakes protocol (expected \"format\": \"{FORMAT}\")")
+        missing = [key for key in ("m", "k", "index", "weights_hash") if key not in d]
+        if missing:
+            raise ValueError(f"{source} lacks the field(s) {', '.join(missing)}")
+        fields = {f for f in cls.__dataclass_fields__}
+        try:
+            return cls(**{key: value for key, value in d.items() if key in fields})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source} is invalid: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | Path, model=None) -> "Protocol":
+        """Read a protocol file; with ``model``, refuse (:class:`WeightsMismatch`) if its weights differ."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"protocol file not found: {path}")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"protocol file {path} is not valid JSON ({exc})") from exc
+        protocol = cls.from_dict(d, f"protocol file {path}")
+        if model is not None:
+            protocol.check_model(model, str(path))
+        return protocol
+
+    def check_model(self, model, source: str = "the protocol") -> None:
+        found = weights_hash(model)
+        if found != self.weights_hash:
+            raise WeightsMismatch(
+                f"{source} was made with other model weights (hash {self.weights_hash[:12]}..., "
+                f"loaded weights {found[:12]}...; saved from {self.weights}); load those weights "
+                "(--weights) or choose and save the protocol again with these"
+            )
+
+    # ---- the codebook
+    def codebook(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, D) scaled label directions and (K,) biases, with learned corrections applied."""
+        with torch.inference_mode():
+            w, b = model.pair_weights(self.m, self.k, protocol_offsets(self.m, self.seed))
+        w, b = w[self.index].float().cpu().clone(), b[self.index].float().cpu().clone()
+        for j, entry in self.learned.items():
+            if entry.get("off"):
+                w[j] = 0.0
+                b[j] = -1e4
+            else:
+                w[j] = torch.tensor(entry["w"], dtype=torch.float32)
+                b[j] = float(entry["b"])
+        return w, b
+
+
+def _weights_origin(model) -> str:
+    meta = getattr(model, "metadata", None) or {}
+    return str(meta.get("path", "bundled"))
+
+
+# --------------------------------------------------------------------- model loading in workers
+_MODELS: dict = {}
+
+
+def model_for(protocol: Protocol, model=None):
+    """``model`` checked against the protocol, or (in a worker) the protocol's weights loaded once."""
+    if model is None:
+        key = protocol.weights
+        if key not in _MODELS:
+            from .io_weights import load_model
+
+            _MODELS[key] = load_model(None if key == "bundled" else key, device="cpu")
+        model = _MODELS[key]
+    protocol.check_model(model)
+    return model
+
+
+# --------------------------------------------------------------------- features and labels
+def codebook_labels(predictor: PancakesPredictor, i: int, w: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Model labels (H, W), 0-based, of image ``i`` of the predictor's cached set under a (K, D)
+    codebook: the same computation as the predictor's own protocols (banded logits, uniform
+    regions flattened), with the label directions given instead of drawn from the codes."""
+    from .inference import _flatten_regions, _logit_bands  # the predictor's own steps, for identical outputs
+
+    head = predictor.model.h
+    shape = predictor.shapes[i]
+    labels = np.empty((1,) + tuple(shape), dtype=np.int64)
+    for y0, y1, logits in _logit_bands(head, predictor._features[i].float(), w[None], b[None], shape):
+        labels[:, y0:y1] = logits.argmax(1).numpy()
+    if predictor._regions[i] is not None:
+        _flatten_regions(head, predictor._regions[i], w[None], b[None], labels, None)
+    return labels[0]
+
+
+def _output(labels: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    return mapping[labels].astype(label_dtype(int(mapping.max())), copy=False)
+
+
+def iter_apply(protocol: Protocol, images: Iterable, model=None, batch: int = BATCH) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(i, labels)`` for each 2D image of ``images`` (any iterable, consumed lazily).
+
+    Only ``batch`` images and their features are held at a time.
+    """
+    model = model_for(protocol, model)
+    w, b = protocol.codebook(model)
+    mapping = protocol.mapping()
+    predictor = PancakesPredictor(model)
+    chunk: list[np.ndarray] = []
+    start = 0
+
+    def flush():
+        predictor.set_images(chunk)
+        return [(start + j, _output(codebook_labels(predictor, j, w, b), mapping)) for j in range(len(chunk))]
+
+    for image in images:
+        chunk.append(np.asarray(image))
+        if len(chunk) == batch:
+            yield from flush()
+            start += len(chunk)
+            chunk = []
+    if chunk:
+        yield from flush()
+
+
+def apply_protocol(protocol: Protocol, images, model=None, *, batch: int = BATCH, scheduler=None,
+                   progress: Callable[[int, int], None] | None = None):
+    """Label ``images`` with ``protocol``: same label ids and names as where it was chosen.
+
+    Arguments:
+        images: a (S, H, W) stack or one (H, W) image, a list of 2D arrays, any iterable of 2D
+            arrays (streamed), or a ``dask.array`` of shape (S, H, W) or (H, W).
+        model: the model (checked against the protocol's weights hash); None loads the
+            protocol's weights.
+        batch: images per forward pass; memory is bounded by it, not by the number of images.
+        scheduler: a ``dask.distributed`` scheduler address ("tcp://host:8786") or Client to run
+            a Dask array on; None computes locally.
+        progress: ``progress(done, total)`` after each image (total None for iterators).
+
+    Returns:
+        for a Dask array input, a lazy Dask array of labels (chunk by chunk; computed and
+        returned as numpy when ``scheduler`` is given); for arrays, an (S, H, W) or (H, W)
+        array; for lists / iterables, a list of 2D arrays.
+    """
+    if _is_dask(images):
+        lazy = apply_dask(protocol, images, model=model)
+        if scheduler is None:
+            return lazy
+        with connect(scheduler) as client:
+            return client.compute(lazy).result()
+    if scheduler is not None:
+        raise ValueError("scheduler= needs a Dask array (or files with apply_to_files); in-memory inputs run locally")
+    single = isinstance(images, np.ndarray) and images.ndim == 2 or (
+        isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] in (3, 4) and images.shape[-1] < min(images.shape[:2]))
+    stack = isinstance(images, np.ndarray)
+    if stack:
+        items, _ = to_image_list(images)  # validates and splits RGB / stacks
+    else:
+        items = images
+    total = len(items) if hasattr(items, "__len__") else None
+    out = []
+    for i, lab in iter_apply(protocol, items, model=model, batch=batch):
+        out.append(lab)
+        if progress is not None:
+            progress(i + 1, total)
+    if single:
+        return out[0]
+    if stack and len({o.shape for o in out}) == 1:
+        return np.stack(out)
+    return out
+
+
+# --------------------------------------------------------------------- dask
+def _is_dask(x) -> bool:
+    return type(x).__module__.startswith("dask.array") and hasattr(x, "chunks")
+
+
+def _apply_block(block: np.ndarray, protocol_dict: dict, holder=None) -> np.ndarray:
+    """Label one chunk (2D image or stack of whole images); runs wherever Dask puts it."""
+    protocol = Protocol.from_dict(protocol_dict)
+    model = holder.model if isinstance(holder, _LocalModel) else None
+    images = [block] if block.ndim == 2 else list(block)
+    labels = [lab for _, lab in iter_apply(protocol, images, model=model)]
+    dtype = label_dtype(protocol.k)
+    return labels[0].astype(dtype) if block.ndim == 2 else np.stack(labels).astype(dtype)
+
+
+def apply_dask(protocol: Protocol, images, model=None, images_per_chunk: int = BATCH):
+    """A lazy Dask array of labels: each chunk of whole images is labelled when computed.
+
+    ``model`` is used by local (threaded) schedulers; a distributed worker loads the protocol's
+    weights once per process (checked against the hash) and is never sent the model.
+    """
+    import dask.array as da
+
+    if images.ndim not in (2, 3):
+        raise ValueError(f"a Dask array of images must be (H, W) or (S, H, W), got shape {images.shape}")
+    if images.ndim == 3:
+        images = images.rechunk({0: min(images_per_chunk, max(1, images.chunks[0][0])), 1: -1, 2: -1})
+    else:
+        images = images.rechunk(-1)
+    dtype = label_dtype(protocol.k)
+    # the protocol travels as plain JSON-able data; a local model is passed only to local schedulers
+    return da.map_blocks(_apply_block, images, protocol.to_dict(), _LocalModel(model), dtype=dtype)
+
+
+class _LocalModel:
+    """Holds a model for threaded schedulers; pickles to None so cluster workers load their own."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __reduce__(self):
+        return (_LocalModel, (None,))
+
+
+class connect:
+    """Context manager: a ``dask.distributed.Client`` for an address (or the Client given).
+
+    An unreachable scheduler raises ``ValueError`` naming the address within ``timeout`` s.
+    """
+
+    def __init__(self, scheduler, timeout: float = 10.0):
+        self.scheduler, self.timeout, self.client, self.own = scheduler, timeout, None, False
+
+    def __enter__(self):
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise ValueError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from exc
+        if isinstance(self.scheduler, Client):
+            self.client = self.scheduler
+            return self.client
+        address = str(self.scheduler)
+        if "://" not in address:
+            raise ValueError(f"scheduler address {address!r} should look like tcp://host:8786")
+        try:
+            self.client = Client(address, timeout=f"{self.timeout}s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"could not reach the dask scheduler at {address} within {self.timeout:g} s ({exc}); "
+                             "is it running, and is the address right?") from exc
+        self.own = True
+        return self.client
+
+    def __exit__(self, *exc):
+        if self.own and self.client is not None:
+            self.client.close()
+        return False
+
+
+# --------------------------------------------------------------------- files
+def target_path(out_dir: Path, path: Path) -> Path:
+    """Where the labels of input ``path`` go: ``OUT/<stem>_labels.<png|tif|nii.gz>`` (format follows the input)."""
+    from . import io
+
+    return Path(out_dir) / io.label_path(Path(out_dir), io.Source(Path(path), [], "2d"), 0).name
+
+
+def names_json(protocol: Protocol, files: Sequence[str]) -> dict:
+    """The names/colours file written beside applied label files (same label list as an export)."""
+    names = protocol.label_names()
+    return {
+        "format": "napari-pancakes-labels/1",
+        "protocol": protocol.to_dict(),
+        "files": {"labels": list(files)},
+        "labels": [{"id": i, "name": n, "color": protocol.colors.get(i)} for i, n in sorted(names.items())],
+    }
+
+
+def apply_to_files(protocol: Protocol, inputs, out_dir, model=None, *, overwrite: bool = False, batch: int = BATCH,
+                   scheduler=None, progress: Callable[[int, int], None] | None = None) -> list[Path]:
+    """Apply ``protocol`` to image files / folders, writing ``OUT/<stem>_labels.<ext>`` per input.
+
+    Files are read one at a time and each label file is written as soon as its images are done,
+    so memory does not grow with the number of files. A 3D NIfTI volume (or TIFF stack) is a set
+    of slices and gets one label volume back (NIfTI keeps the input's affine). ``labels.json``
+    (names, colours, the protocol) is written beside. Every target is checked first: nothing is
+    replaced without ``overwrite``. With ``scheduler`` (address or Client), each file is a task on
+    a dask.distributed cluster whose workers see the same paths.
+
+    Returns the written label files.
+    """
+    from . import io
+
+    paths = io.expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    targets = [target_path(out_dir, p) for p in paths]
+    if len(set(targets)) != len(targets):
+        raise ValueError("two inputs share a file name; their outputs would collide - rename one")
+    names_path = out_dir / NAMES_FILE
+    io.check_writable(targets + [names_path], overwrite)
+    if scheduler is None:
+        model = model_for(protocol, model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names_path.write_text(json.dumps(names_json(protocol, [t.name for t in targets]), indent=1))
+    total = len(paths)
+    if scheduler is not None:
+        return _apply_files_distributed(protocol, paths, targets, scheduler, progress)
+
+    pending: list = []  # [source, labels so far, target] in input order
+
+    def slices():
+        for path, target in zip(paths, targets):
+            source = io.read_source(path)
+            pending.append([source, [], target])
+            yield from source.slices
+
+    written = []
+    for _, lab in iter_apply(protocol, slices(), model=model, batch=batch):
+        pending[0][1].append(lab)
+        while pending and len(pending[0][1]) == len(pending[0][0].slices):
+            source, labs, target = pending.pop(0)
+            io.write_labels(target, labs[0] if source.kind == "2d" else np.stack(labs), source)
+            written.append(target)
+            if progress is not None:
+                progress(len(written), total)
+    return written
+
+
+def _apply_file(protocol_dict: dict, path: str, target: str) -> str:
+    """One file, on a cluster worker: read, label, write; returns the written path."""
+    from . import io
+
+    protocol = Protocol.from_dict(protocol_dict)
+    source = io.read_source(Path(path))
+    labs = [lab for _, lab in iter_apply(protocol, source.slices)]
+    io.write_labels(Path(target), labs[0] if source.kind == "2d" else np.stack(labs), source)
+    return target
+
+
+def _apply_files_distributed(protocol, paths, targets, scheduler, progress) -> list[Path]:
+    from distributed import as_completed
+
+    with connect(scheduler) as client:
+        futures = client.map(_apply_file, [protocol.to_dict()] * len(paths), [str(p.resolve()) for p in paths],
+                             [str(t.resolve()) for t in targets], pure=False)
+        written = []
+        for future in as_completed(futures):
+            written.append(Path(future.result()))
+            if progress is not None:
+                progress(len(written), len(paths))
+    order = {t.resolve(): i for i, t in enumerate(targets)}
+    return sorted(written, key=lambda p: order[p])
+
+
+# --------------------------------------------------------------------- learning from a correction
+def full_features(feats: torch.Tensor, shape) -> torch.Tensor:
+    """Features (D, r, r) resampled to an image's (H, W), exactly as the logits are."""
+    d, r, _ = feats.shape
+    h, w = shape
+    if (h, w) == (r, r):
+        return feats
+    ry = torch.from_numpy(interpolation_matrix(h, r))
+    rx = torch.from_numpy(interpolation_matrix(w, r))
+    return torch.einsum("hy,dyx,wx->dhw", ry, feats, rx)
+
+
+def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.Tensor, j: int, *,
+              ring: int | None = None, steps: int = 150, max_pixels: int = 4000, seed: int = 0):
+    """New direction and bias of model label ``j`` from one corrected mask.
+
+    Arguments:
+        feats: (D, H, W) features of the corrected image at its size (:func:`full_features`).
+        mask: (H, W) bool, the corrected extent of the label.
+        w, b: (K, D) scaled directions and (K,) biases of the protocol (the others stay fixed).
+        j: the model label (0-based) being corrected.
+        ring: width in pixels of the band just outside the mask used as negatives (default 6 %
+            of the image side); pixels the protocol gave to ``j`` outside the mask are negatives too.
+
+    Returns:
+        (w_j (D,), b_j float): ``w_j`` keeps the length of the model's directions (the logit
+        scale), so the corrected label competes with the others on the same footing. Fitted by
+        softmax cross-entropy against the fixed other labels on the inside/outside pixels
+        (balanced), then the bias is set to maximise Dice with the mask on this image.
+    """
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, bool)
+    d, h, wd = feats.shape
+    if mask.shape != (h, wd):
+        raise ValueError(f"mask shape {mask.shape} does not match the image {(h, wd)}")
+    if not mask.any():
+        raise ValueError("the corrected mask is empty: paint or click the label on the image first")
+    if mask.all():
+        raise ValueError("the corrected mask covers the whole image; nothing outside it to learn from")
+    ring = ring or max(2, int(round(0.06 * min(h, wd))))
+    flat = feats.reshape(d, -1).T  # (HW, D)
+    current = (flat @ w.T + b).argmax(1).numpy().reshape(h, wd)
+    outside = (ndi.binary_dilation(mask, iterations=ring) & ~mask) | ((current == j) & ~mask)
+    rng = np.random.default_rng(seed)
+    pos = _sample(np.flatnonzero(mask.ravel()), max_pixels, rng)
+    neg = _sample(np.flatnonzero(outside.ravel()), max_pixels, rng)
+    if neg.size == 0:
+        neg = _sample(np.flatnonzero(~mask.ravel()), max_pixels, rng)
+    scale = float(w.norm(dim=1).mean())
+    others = [i for i in range(w.shape[0]) if i != j]
+    fp, fn = flat[pos], flat[neg]
+    lo_p = fp @ w[others].T + b[others]  # (n_pos, K-1): fixed competitors
+    lo_n = fn @ w[others].T + b[others]
+    mean_in = fp.mean(0)
+    v = torch.nn.Parameter(mean_in / mean_in.norm().clamp_min(1e-6))
+    bias = torch.nn.Parameter(b[j].clone().float())
+    opt = torch.optim.Adam([v, bias], lr=0.05)
+    with torch.enable_grad():
+        for _ in range(steps):
+            wj = scale * v / v.norm().clamp_min(1e-6)
+            zp, zn = fp @ wj + bias, fn @ wj + bias
+            # positives: log softmax of j among all; negatives: log (1 - softmax_j)
+            lse_p = torch.logsumexp(torch.cat([zp[:, None], lo_p], 1), 1)
+            loss_pos = (lse_p - zp).mean()
+            lse_n_others = torch.logsumexp(lo_n, 1)
+            loss_neg = (torch.logsumexp(torch.stack([zn, lse_n_others], 1), 1) - lse_n_others).mean()
+            loss = loss_pos + loss_neg
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    wj = (scale * v / v.norm().clamp_min(1e-6)).detach()
+    # bias: the value maximising Dice with the mask on the corrected image
+    zj = (flat @ wj).numpy()
+    best_other = (flat @ w[others].T + b[others]).max(1).values.numpy()
+    margin = best_other - zj  # label j wins where bias > margin
+    truth = mask.ravel()
+    candidates = np.quantile(margin, np.linspace(0.0, 1.0, 201))
+    n_true = truth.sum()
+    order = np.argsort(margin)
+    sorted_truth = truth[order]
+    hits = np.cumsum(sorted_truth)
+    idx = np.searchsorted(margin[order], candidates, side="left")  # pixels with margin < c win
+    tp = np.where(idx > 0, hits[np.maximum(idx - 1, 0)], 0)
+    dice = 2 * tp / np.maximum(idx + n_true, 1)
+    best = int(np.argmax(dice))
+    return wj, float(candidates[best])
+
+
+def _sample(index: np.ndarray, n: int, rng) -> np.ndarray:
+    return index if index.size <= n else rng.choice(index, size=n, replace=False)
+
+
+@dataclass
+class Propagation:
+    """What one propagated correction changed (kept for undo and for display)."""
+
+    label: int  # output id that was corrected
+    image: int  # image it was corrected on
+    before: Protocol
+    after: Protocol
+    changed: list[float]  # per image, fraction of pixels whose label changed
+    area_before: list[int]  # per image, pixels of ``label`` before / after
+    area_after: list[int]
+
+    def summary(self) -> str:
+        moved = float(np.mean(self.changed)) * 100
+        n = sum(c > 0 for c in self.changed)
+        return (f"label {self.label} learnt from image {self.image + 1}: {n} of {len(self.changed)} images changed, "
+                f"{moved:.1f} % of pixels on average; its area went from {sum(self.area_before)} to "
+                f"{sum(self.area_after)} px")
+
+
+class ProtocolSet:
+    """A protocol applied to an in-memory set, with its features cached for corrections.
+
+    Arguments:
+        protocol: the protocol; images: the set (anything :func:`segment_set` takes);
+        model: checked against the protocol (None loads the protocol's weights).
+    """
+
+    def __init__(self, protocol: Protocol, images, model=None):
+        self.items, _ = to_image_list(images)
+        self.model = model_for(protocol, model)
+        self.protocol = protocol
+        self.predictor = PancakesPredictor(self.model).set_images(self.items)
+        self.history: list[Propagation] = []
+        self.labels = self.relabel()
+
+    def relabel(self, protocol: Protocol | None = None) -> list[np.ndarray]:
+        """Label maps (H, W) of every image under ``protocol`` (default: the current one)."""
+        protocol = protocol or self.protocol
+        w, b = protocol.codebook(self.model)
+        mapping = protocol.mapping()
+        return [_output(codebook_labels(self.predictor, i, w, b), mapping) for i in range(len(self.items))]
+
+    def propagate(self, image: int, mask: np.ndarray, label: int, **fit_options) -> Propagation:
+        """Learn output label ``label`` from its corrected ``mask`` on image ``image``; re-label all.
+
+        Model labels merged into ``label`` are absorbed by the corrected one; the other labels
+        keep their directions. Returns what changed; :meth:`undo` restores the previous state.
+        """
+        if not 0 <= int(image) < len(self.items):
+            raise ValueError(f"image index {image} is outside 0..{len(self.items) - 1}")
+        label = int(label)
+        mapping = self.protocol.mapping()
+        members = np.flatnonzero(mapping == label)
+        if label == 0 or members.size == 0:
+            raise ValueError(f"label {label} is {'the background' if label == 0 else 'not in this protocol'}; "
+                             "choose a label of the protocol to correct")
+        j = int(members[0])
+        w, b = self.protocol.codebook(self.model)
+        feats = full_features(self.predictor._features[image].float(), self.items[image].shape)
+        wj, bj = fit_label(feats, mask, w, b, j, **fit_options)
+        learned = dict(self.protocol.learned)
+        learned[j] = {"w": [float(x) for x in wj], "b": bj}
+        for other in members[1:]:
+            learned[int(other)] = {"off": True}
+        before = self.protocol
+        after = replace(before, learned=learned)
+        old = self.labels
+        new = self.relabel(after)
+        record = Propagation(label, int(image), before, after,
+                             [float(np.mean(o != n)) for o, n in zip(old, new)],
+                             [int((o == label).sum()) for o in old], [int((n == label).sum()) for n in new])
+        self.protocol, self.labels = after, new
+        self.history.append(record)
+        return record
+
+    def undo(self) -> Propagation | None:
+        """Undo the last propagation (labels and protocol as before it); None if there is none."""
+        if not self.history:
+            return None
+        record = self.history.pop()
+        self.protocol = record.before
+        self.labels = self.relabel()
+        return record

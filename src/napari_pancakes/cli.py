@@ -104,6 +104,10 @@ def main(argv=None) -> int:
         from .evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    if argv and argv[0] in ("apply", "analyze"):  # study commands live in cli_study.py
+        from .cli_study import main as study_main
+
+        return study_main(argv)
     args = build_parser().parse_args(argv)
     try:
         summary = run_segment(args)

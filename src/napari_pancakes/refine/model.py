@@ -34,6 +34,7 @@ class RefinerConfig:
     resolution: int = 128
     features: Sequence[int] = field(default_factory=lambda: (16, 32, 48, 64, 64))
     click_sigma: float = 2.0  # Gaussian blob radius of a click, in working pixels
+    in_channels: int = 5  # image, positive map, negative map, box mask, prior (4: files without the box)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -50,13 +51,13 @@ class _Block(nn.Sequential):
 
 
 class RefinerNet(nn.Module):
-    """U-Net on 4 channels (image, positive map, negative map, prior) -> 1 logit channel."""
-
-    in_channels = 4
+    """U-Net on 5 channels as in ScribblePrompt (image, positive clicks/scribbles, negative
+    clicks/scribbles, box mask, prior logits) -> 1 logit channel; the prior is the last channel."""
 
     def __init__(self, config: RefinerConfig | None = None):
         super().__init__()
         self.config = config or RefinerConfig()
+        self.in_channels = self.config.in_channels
         f = list(self.config.features)
         self.down = nn.ModuleList([_Block(self.in_channels if i == 0 else f[i - 1], f[i]) for i in range(len(f))])
         self.up = nn.ModuleList([_Block(f[i + 1] + f[i], f[i]) for i in reversed(range(len(f) - 1))])
@@ -64,7 +65,7 @@ class RefinerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 4, r, r) -> (N, 1, r, r) logits; the prior channel's logits are added back (residual)."""
-        prior = x[:, 3:4]
+        prior = x[:, -1:]
         skips = []
         h = x
         for i, block in enumerate(self.down):
@@ -96,12 +97,35 @@ def click_maps(points: Sequence[tuple[float, float]], size: int, sigma: float) -
     return out
 
 
-def encode_input(image: np.ndarray, pos, neg, prior_logits: np.ndarray | None, config: RefinerConfig) -> np.ndarray:
-    """Stack the 4 input channels at working resolution (image already normalised and resized)."""
+def box_mask(box, size: int) -> np.ndarray:
+    """(size, size) float map, 1 inside the box (y0, x0, y1, x1) in working pixels (inclusive)."""
+    out = np.zeros((size, size), np.float32)
+    if box is not None:
+        y0, x0, y1, x1 = box
+        y0, y1 = sorted((y0, y1))
+        x0, x1 = sorted((x0, x1))
+        ya, yb = int(np.clip(np.floor(y0 + 0.5), 0, size - 1)), int(np.clip(np.floor(y1 + 0.5), 0, size - 1))
+        xa, xb = int(np.clip(np.floor(x0 + 0.5), 0, size - 1)), int(np.clip(np.floor(x1 + 0.5), 0, size - 1))
+        out[ya : yb + 1, xa : xb + 1] = 1
+    return out
+
+
+def encode_input(image: np.ndarray, pos, neg, prior_logits: np.ndarray | None, config: RefinerConfig,
+                 box=None, pos_map: np.ndarray | None = None, neg_map: np.ndarray | None = None) -> np.ndarray:
+    """Stack the input channels at working resolution (image already normalised and resized).
+
+    ``pos_map``/``neg_map``: optional (r, r) scribble maps merged (max) into the click channels,
+    as ScribblePrompt merges clicks and scribbles; ``box``: (y0, x0, y1, x1) or None.
+    """
     r = config.resolution
     prior = np.zeros((r, r), np.float32) if prior_logits is None else np.tanh(prior_logits / PRIOR_SCALE)
-    return np.stack([image, click_maps(pos, r, config.click_sigma), click_maps(neg, r, config.click_sigma),
-                     prior.astype(np.float32)])
+    p, n = click_maps(pos, r, config.click_sigma), click_maps(neg, r, config.click_sigma)
+    if pos_map is not None:
+        p = np.maximum(p, pos_map)
+    if neg_map is not None:
+        n = np.maximum(n, neg_map)
+    chans = [image, p, n] + ([box_mask(box, r)] if config.in_channels == 5 else []) + [prior.astype(np.float32)]
+    return np.stack(chans).astype(np.float32)
 
 
 def _check_image(image) -> np.ndarray:
@@ -228,6 +252,19 @@ def honour_clicks(mask: np.ndarray, clicks) -> np.ndarray:
     return mask
 
 
+def with_box_channel(net: RefinerNet) -> RefinerNet:
+    """A 5-channel copy of a 4-channel net (box weights zero: same answers without a box)."""
+    if net.config.in_channels == 5:
+        return net
+    cfg = RefinerConfig(**{**net.config.to_dict(), "in_channels": 5})
+    new = RefinerNet(cfg)
+    state = net.state_dict()
+    w = state["down.0.0.weight"]
+    state["down.0.0.weight"] = torch.cat([w[:, :3], torch.zeros_like(w[:, :1]), w[:, 3:]], 1)
+    new.load_state_dict(state)
+    return new
+
+
 def save_refiner(net: RefinerNet, path: str | Path, extra: dict | None = None) -> Path:
     """Write the click model as safetensors with its config (and ``extra``) as metadata."""
     from safetensors.torch import save_file
@@ -252,7 +289,9 @@ def load_refiner(weights: str | Path | None = None, device: str | torch.device |
     tensors, meta = read_weights(path)
     if meta.get("format") != "napari-pancakes-refiner/1" or "config" not in meta:
         raise ValueError(f"weights file {path} is not a napari-pancakes refiner file")
-    net = RefinerNet(RefinerConfig(**json.loads(meta["config"])))
+    cfg = json.loads(meta["config"])
+    cfg.setdefault("in_channels", 4)  # files written before the box channel existed
+    net = RefinerNet(RefinerConfig(**cfg))
     try:
         net.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -1,11 +1,23 @@
 """Train the click model by simulated interaction (ScribblePrompt-style), on CPU, resumably.
 
-Each example starts from nothing or from a corrupted mask (eroded, dilated, shifted, partial,
-or a Pancakes-like intensity label), then ``steps`` rounds of: predict, let the simulated user
-click the largest error, feed the (detached) logits back as the prior. Data: random synthetic
-shapes plus the real training sets; ph2_skin and drive_vessels are held out for evaluation.
+Data: every dataset of the data root except ``LEAVE_OUT`` (read with the one reader,
+:func:`~napari_pancakes.training.datasets.load_real_datasets`, at 256 px), nilearn's MNI152
+slices, and synthetic shapes. Every 10th image of each source is kept for validation (the
+checkpoint is chosen on it, never on LEAVE_OUT).
 
-    python -m napari_pancakes.training.refiner --minutes 90 --out runs/refiner
+Each example starts from nothing, from a corrupted ground truth (eroded, dilated, shifted,
+partial, merged with a blob) or from a Pancakes label (the shipped Pancakes model run on sets
+of training images; the candidate label closest to the target), receives a first prompt
+(a click, a bounding box, or positive/negative scribbles), then up to ``steps`` rounds of:
+predict, let the simulated user correct the largest error (a click, sometimes a scribble),
+feed the detached logits back as the prior. The loss is taken after every round.
+
+    OMP_NUM_THREADS=1 python -m napari_pancakes.training.refiner --data ../shared/data \\
+        --out runs/refiner-campaign --until 18:25
+
+Resumable: ``OUT/checkpoint.safetensors`` (model + optimiser tensors) and
+``OUT/checkpoint.json`` (step, elapsed time, RNG states, log); ``OUT/best.safetensors`` is the
+refiner file (loadable with ``load_refiner``) with the best validation score so far.
 """
 from __future__ import annotations
 
@@ -20,36 +32,20 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from ..preprocess import normalize_intensity, resize_image, to_image_list
-from ..refine.model import DEFAULT_REFINER_WEIGHTS, MASK_LOGIT, RefinerConfig, RefinerNet, encode_input, save_refiner
-from ..refine.simulate import next_click
+from ..preprocess import normalize_intensity, resize_image
+from ..refine.model import (
+    DEFAULT_REFINER_WEIGHTS, MASK_LOGIT, RefinerConfig, RefinerNet, encode_input, load_refiner, save_refiner,
+    with_box_channel,
+)
+from ..refine.simulate import dice, next_click
+from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets
 
-TRAIN_SETS = ("jsrt_scr_chest", "dsb2018_nuclei")
-HELDOUT_SETS = ("ph2_skin", "drive_vessels")
-STORE = 256  # real data are kept at this size and cropped/zoomed to the working resolution
-
-
-def default_data_dir() -> Path:
-    """../shared/data next to the repository (checkouts keep data outside the package)."""
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+STORE = 256  # real data are read at this size and cropped/zoomed to the working resolution
+VAL_EVERY = 10  # image i of a source is validation when i % VAL_EVERY == VAL_EVERY - 1
+PANCAKES_MK = (8, 20)
 
 
 # --- data -----------------------------------------------------------------------------------
-def load_real_set(folder: Path, size: int = STORE):
-    """(images (N, size, size) float32 in [0, 1], label maps (N, size, size) uint8)."""
-    from PIL import Image
-
-    imgs, labs = [], []
-    for p in sorted((folder / "images").glob("*.png")):
-        im, _ = to_image_list(np.asarray(Image.open(p)))
-        lab = np.asarray(Image.open(folder / "masks" / p.name))
-        imgs.append(resize_image(normalize_intensity(im[0]), (size, size)))
-        from skimage.transform import resize
-
-        labs.append(resize(lab, (size, size), order=0, preserve_range=True, anti_aliasing=False).astype(np.uint8))
-    return np.stack(imgs), np.stack(labs)
-
-
 def synthetic_example(rng: np.random.Generator, r: int) -> tuple[np.ndarray, np.ndarray]:
     """A random image of blobs/ellipses with noise and blur; the target is one of its shapes."""
     yy, xx = np.mgrid[0:r, 0:r].astype(np.float32)
@@ -80,47 +76,118 @@ def synthetic_example(rng: np.random.Generator, r: int) -> tuple[np.ndarray, np.
     return normalize_intensity(img.astype(np.float32)), target
 
 
-class RealSampler:
-    """Random crop/zoom, flip, gamma of a real image and one of its labels as the target."""
+def pick_target(rng, lab: np.ndarray, groups, min_px: float, component_prob: float = 0.2):
+    """One binary target from a label map: a label, a natural group of labels, or one component."""
+    if groups and rng.random() < 0.4:
+        lab = groups[rng.integers(len(groups))][lab]
+    counts = np.bincount(lab.ravel())
+    ids = [v for v in np.flatnonzero(counts) if v and counts[v] >= min_px]
+    if not ids:
+        return None
+    target = lab == rng.choice(ids)
+    if rng.random() < component_prob:
+        comp, n = ndi.label(target)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())[1:]
+            ok = np.flatnonzero(sizes >= min_px)
+            if len(ok):
+                target = comp == rng.choice(ok) + 1
+    return target
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, component_prob: float = 0.0):
-        self.images, self.labels, self.component_prob = images, labels, component_prob
 
-    def __call__(self, rng: np.random.Generator, r: int):
+class Source:
+    """One real dataset: training/validation indices, optional Pancakes labels at working size."""
+
+    def __init__(self, ds, r: int):
+        self.name, self.images, self.labels = ds.name, ds.images, ds.labels
+        self.groups = DATASET_GROUPS.get(ds.name, list(ds.groups))
+        idx = np.arange(len(ds.images))
+        self.val = idx[idx % VAL_EVERY == VAL_EVERY - 1]
+        self.train = idx[idx % VAL_EVERY != VAL_EVERY - 1]
+        self.r = r
+        self.pancakes: dict[int, np.ndarray] = {}  # image index -> (M, r, r) labels
+
+    def work(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Whole image i at working size (image, label map)."""
+        img = resize_image(self.images[i].astype(np.float32), (self.r, self.r))
+        lab = self.labels[i]
+        step = lab.shape[0] / self.r
+        sel = np.minimum((np.arange(self.r) * step + step / 2).astype(int), lab.shape[0] - 1)
+        return img, lab[np.ix_(sel, sel)]
+
+    def sample(self, rng, with_pancakes: bool):
+        """(image, target, pancakes labels or None) at working size, augmented."""
+        r = self.r
         for _ in range(20):
-            i = int(rng.integers(len(self.images)))
-            s = int(rng.integers(STORE // 2, STORE + 1))
-            y0, x0 = rng.integers(0, STORE - s + 1, 2)
-            lab = self.labels[i, y0 : y0 + s, x0 : x0 + s]
-            ids = [v for v in np.unique(lab) if v and (lab == v).sum() * (r / s) ** 2 > 12]
-            if not ids:
-                continue
-            target = lab == rng.choice(ids)
-            if rng.random() < self.component_prob:
-                comp, n = ndi.label(target)
-                sizes = np.bincount(comp.ravel())[1:]
-                ok = np.flatnonzero(sizes * (r / s) ** 2 > 12)
-                if len(ok):
-                    target = comp == rng.choice(ok) + 1
-            img = self.images[i, y0 : y0 + s, x0 : x0 + s]
-            img = resize_image(img, (r, r))
-            target = resize_image(target.astype(np.float32), (r, r)) > 0.5
-            if not target.any():
+            if with_pancakes and self.pancakes:
+                keys = list(self.pancakes)
+                i = keys[rng.integers(len(keys))]
+                img, lab = self.work(i)
+                pan = self.pancakes[i]
+            else:
+                i = int(self.train[rng.integers(len(self.train))])
+                n = self.images.shape[1]
+                s = int(rng.integers(n // 2, n + 1))
+                y0, x0 = rng.integers(0, n - s + 1, 2)
+                img = resize_image(self.images[i, y0:y0 + s, x0:x0 + s].astype(np.float32), (r, r))
+                step = s / r
+                sel = np.minimum((np.arange(r) * step + step / 2).astype(int), s - 1)
+                lab = self.labels[i, y0:y0 + s, x0:x0 + s][np.ix_(sel, sel)]
+                pan = None
+            target = pick_target(rng, lab, self.groups, min_px=12)
+            if target is None or target.all():
                 continue
             img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)
             if rng.random() < 0.5:
                 img, target = img[:, ::-1], target[:, ::-1]
+                pan = pan[:, :, ::-1] if pan is not None else None
             if rng.random() < 0.5:
                 img, target = img[::-1], target[::-1]
-            return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(target)
-        return synthetic_example(rng, r)
+                pan = pan[:, ::-1] if pan is not None else None
+            return (np.ascontiguousarray(img, np.float32), np.ascontiguousarray(target),
+                    None if pan is None else np.ascontiguousarray(pan))
+        return None
 
 
-# --- initial masks a user might start from ----------------------------------------------------
-def corrupt_mask(target: np.ndarray, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible wrong starting mask: eroded, dilated, shifted, partial, or Pancakes-like."""
-    kind = rng.choice(["erode", "dilate", "shift", "partial", "pancakes", "pancakes", "merge"])
+def compute_pancakes_labels(sources: list[Source], per_source: int, set_size: int = 8, log=print):
+    """Run the shipped Pancakes model on sets of training (and all validation) images."""
+    from ..inference import segment_set
+    from ..io_weights import load_model
+
+    model = load_model(device="cpu")
+    m, k = PANCAKES_MK
+    for src in sources:
+        rng = np.random.default_rng(len(src.name))
+        pick = list(rng.choice(src.train, min(per_source, len(src.train)), replace=False)) + list(src.val[:8])
+        for j in range(0, len(pick), set_size):
+            chunk = pick[j:j + set_size]
+            imgs = np.stack([src.work(int(i))[0] for i in chunk])
+            labs = segment_set(imgs, m, k, model=model, device="cpu")
+            for s, i in enumerate(chunk):
+                src.pancakes[int(i)] = labs[:, s].astype(np.uint8)
+        log(f"pancakes labels: {src.name} {len(pick)} images")
+
+
+def pancakes_start(pan: np.ndarray, target: np.ndarray, rng: np.random.Generator | None) -> np.ndarray | None:
+    """The Pancakes candidate label closest to ``target`` (with ``rng``: sometimes one of the top 5)."""
+    m, r, _ = pan.shape
+    k = int(pan.max()) + 1
+    flat = (pan.reshape(m, -1).astype(np.int64) + (np.arange(m) * k)[:, None]).ravel()
+    size = np.bincount(flat, minlength=m * k)
+    inter = np.bincount(flat, weights=np.tile(target.ravel(), m).astype(np.float64), minlength=m * k)
+    d = 2 * inter / (size + target.sum() + 1e-9)
+    order = np.argsort(-d)
+    pick = order[0] if rng is None or rng.random() < 0.7 else order[rng.integers(5)]
+    if d[pick] < 0.05:
+        return None
+    return pan[pick // k] == pick % k
+
+
+def corrupt_mask(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible wrong starting mask: eroded, dilated, shifted, partial, or with an extra blob."""
+    kind = rng.choice(["erode", "dilate", "shift", "partial", "merge", "merge_far"])
     r = target.shape[0]
+    yy, xx = np.mgrid[0:r, 0:r]
     if kind == "erode":
         return ndi.binary_erosion(target, iterations=int(rng.integers(1, 6)))
     if kind == "dilate":
@@ -128,21 +195,68 @@ def corrupt_mask(target: np.ndarray, image: np.ndarray, rng: np.random.Generator
     if kind == "shift":
         return np.roll(target, tuple(rng.integers(-8, 9, 2)), axis=(0, 1))
     if kind == "partial":
-        yy, xx = np.mgrid[0:r, 0:r]
         th = rng.uniform(0, 2 * np.pi)
         cy, cx = np.argwhere(target).mean(0)
         return target & ((yy - cy) * np.cos(th) + (xx - cx) * np.sin(th) < rng.uniform(-0.2, 0.5) * r / 4)
-    if kind == "merge":  # target plus a random blob of background
+    # target plus random blobs of background (far ones teach: a negative click there is local)
+    out = target.copy()
+    for _ in range(int(rng.integers(1, 4))):
         cy, cx = rng.uniform(0, r, 2)
-        yy, xx = np.mgrid[0:r, 0:r]
-        return target | ((yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(4, r / 5) ** 2)
-    # Pancakes-like: the intensity band (of a smoothed, quantised image) that best matches the target
-    q = int(rng.integers(3, 9))
-    sm = ndi.gaussian_filter(image, rng.uniform(0.5, 2.5))
-    edges = np.quantile(sm, np.linspace(0, 1, q + 1)[1:-1])
-    bands = np.digitize(sm, edges)
-    scores = [2 * (target & (bands == b)).sum() / (target.sum() + (bands == b).sum() + 1e-6) for b in range(q)]
-    return bands == int(np.argmax(scores))
+        out |= (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(3, r / 6) ** 2
+    return out
+
+
+# --- prompts ---------------------------------------------------------------------------------
+def simulate_box(target: np.ndarray, rng: np.random.Generator | None) -> tuple[float, float, float, float]:
+    """Bounding box (y0, x0, y1, x1) of the target, jittered by up to 10% of its size with ``rng``."""
+    ys, xs = np.nonzero(target)
+    y0, y1, x0, x1 = float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max())
+    if rng is not None:
+        h, w = y1 - y0 + 1, x1 - x0 + 1
+        j = rng.uniform(-0.1, 0.1, 4) * np.array([h, w, h, w])
+        y0, x0, y1, x1 = y0 + j[0], x0 + j[1], y1 + j[2], x1 + j[3]
+    r = target.shape[0] - 1
+    return tuple(float(np.clip(v, 0, r)) for v in (y0, x0, y1, x1))
+
+
+def simulate_scribble(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A thin scribble (float map, 1 on the stroke) inside ``region``: part of its skeleton."""
+    from skimage.morphology import skeletonize
+
+    core = ndi.binary_erosion(region, iterations=int(rng.integers(0, 3))) if region.sum() > 50 else region
+    if not core.any():
+        core = region
+    skel = skeletonize(core)
+    pts = np.argwhere(skel)
+    out = np.zeros(region.shape, np.float32)
+    if len(pts) == 0:
+        return out
+    p = pts[rng.integers(len(pts))]
+    extent = max(3.0, np.sqrt(region.sum()) * rng.uniform(0.3, 1.2))
+    near = skel & ((np.indices(region.shape) - p[:, None, None]) ** 2).sum(0).__le__(extent**2)
+    comp, _ = ndi.label(near, structure=np.ones((3, 3)))
+    stroke = comp == comp[tuple(p)]
+    out[stroke] = 1
+    if rng.random() < 0.5:  # a slightly wider stroke
+        out = np.maximum(out, ndi.binary_dilation(stroke).astype(np.float32) * 0.7)
+    return out
+
+
+def correction(pred: np.ndarray, target: np.ndarray, rng, pos, neg, smaps, scribble_prob: float):
+    """Add the simulated user's next correction (a click, sometimes a scribble) in place."""
+    c = next_click(pred, target, rng, top_fraction=0.3)
+    if c is None:
+        return
+    (y, x), positive = c
+    if rng.random() < scribble_prob:
+        region = (target & ~pred) if positive else (pred & ~target)
+        comp, _ = ndi.label(region)
+        stroke = simulate_scribble(comp == comp[y, x], rng)
+        if stroke.any():
+            k = 0 if positive else 1
+            smaps[k] = stroke if smaps[k] is None else np.maximum(smaps[k], stroke)
+            return
+    (pos if positive else neg).append((float(y), float(x)))
 
 
 # --- training loop -----------------------------------------------------------------------------
@@ -150,37 +264,61 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     bce = F.binary_cross_entropy_with_logits(logits, target)
     p = torch.sigmoid(logits)
     inter = (p * target).sum((1, 2, 3))
-    dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
-    return bce + dice.mean()
+    d = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return bce + d.mean()
 
 
-def make_batch(samplers, weights, rng, batch: int, r: int):
-    imgs, targets, priors, pos, neg = [], [], [], [], []
-    for _ in range(batch):
-        src = rng.choice(len(samplers), p=weights)
-        img, target = samplers[src](rng, r)
-        prior, p, n = None, [], []
-        if rng.random() < 0.55:
-            prior = np.where(corrupt_mask(target, img, rng), MASK_LOGIT, -MASK_LOGIT).astype(np.float32)
-            first = rng.random() < 0.5
+class Example:
+    __slots__ = ("img", "target", "prior", "pos", "neg", "box", "smaps")
+
+    def __init__(self, img, target):
+        self.img, self.target, self.prior = img, target, None
+        self.pos, self.neg, self.box, self.smaps = [], [], None, [None, None]
+
+    def encode(self, config):
+        return encode_input(self.img, self.pos, self.neg, self.prior, config, box=self.box,
+                            pos_map=self.smaps[0], neg_map=self.smaps[1])
+
+
+def make_example(sources, rng, r: int, synthetic_prob: float = 0.15) -> Example:
+    while True:
+        pan_mode = rng.random() < 0.3
+        if rng.random() < synthetic_prob or not sources:
+            img, target = synthetic_example(rng, r)
+            pan = None
         else:
-            first = True
-        if first:
-            start = prior > 0 if prior is not None else np.zeros_like(target)
-            c = next_click(start, target, rng, top_fraction=0.5)
-            if c is not None:
-                (p if c[1] else n).append(c[0])
-        imgs.append(img), targets.append(target), priors.append(prior), pos.append(p), neg.append(n)
-    return imgs, targets, priors, pos, neg
+            got = sources[rng.integers(len(sources))].sample(rng, pan_mode)
+            if got is None:
+                continue
+            img, target, pan = got
+        ex = Example(img, target)
+        start = None
+        if pan is not None:
+            start = pancakes_start(pan, target, rng)
+        elif rng.random() < 0.3:
+            start = corrupt_mask(target, rng)
+        if start is not None:
+            ex.prior = np.where(start, MASK_LOGIT, -MASK_LOGIT).astype(np.float32)
+            if rng.random() < 0.8:
+                correction(start, target, rng, ex.pos, ex.neg, ex.smaps, scribble_prob=0.25)
+        else:
+            u = rng.random()
+            if u < 0.5:
+                correction(np.zeros_like(target), target, rng, ex.pos, ex.neg, ex.smaps, scribble_prob=0.0)
+            elif u < 0.75:
+                ex.box = simulate_box(target, rng)
+            else:
+                ex.smaps[0] = simulate_scribble(target, rng)
+                if rng.random() < 0.5 and (~target).any():
+                    ex.smaps[1] = simulate_scribble(~target, rng)
+        return ex
 
 
-def train_step(net, opt, batch, config, rng, steps: int) -> float:
-    imgs, targets, priors, pos, neg = batch
-    t = torch.from_numpy(np.stack(targets).astype(np.float32))[:, None]
+def train_step(net, opt, examples, config, rng, steps: int) -> float:
+    t = torch.from_numpy(np.stack([e.target for e in examples]).astype(np.float32))[:, None]
     total = 0.0
     for step in range(steps):
-        x = torch.from_numpy(np.stack([encode_input(im, p, n, pr, config)
-                                       for im, p, n, pr in zip(imgs, pos, neg, priors)]))
+        x = torch.from_numpy(np.stack([e.encode(config) for e in examples]))
         logits = net(x)
         loss = dice_bce(logits, t)
         opt.zero_grad(set_to_none=True)
@@ -191,154 +329,212 @@ def train_step(net, opt, batch, config, rng, steps: int) -> float:
         if step == steps - 1:
             break
         lg = logits.detach()[:, 0].numpy()
-        for j in range(len(imgs)):
-            priors[j] = lg[j].copy()
-            c = next_click(lg[j] > 0, targets[j], rng, top_fraction=0.3)
-            if c is not None:
-                (pos[j] if c[1] else neg[j]).append(c[0])
+        for e, l in zip(examples, lg):
+            e.prior = l.copy()
+            correction(l > 0, e.target, rng, e.pos, e.neg, e.smaps, scribble_prob=0.15)
     return total / steps
 
 
-def _save_checkpoint(path: Path, net, opt, it: int, elapsed: float, log: list):
+# --- validation (training sources only) --------------------------------------------------------
+def validation_pairs(sources: list[Source], per_source: int = 6):
+    """Fixed (name, image, target, pancakes start or None) from the validation images."""
+    rng = np.random.default_rng(4321)
+    out = []
+    for src in sources:
+        for i in src.val[:per_source]:
+            img, lab = src.work(int(i))
+            target = pick_target(rng, lab, [], min_px=12, component_prob=0.0)
+            if target is None or target.all():
+                continue
+            pan = src.pancakes.get(int(i))
+            out.append((src.name, img, target, None if pan is None else pancakes_start(pan, target, None)))
+    srng = np.random.default_rng(99)
+    for _ in range(per_source):
+        img, target = synthetic_example(srng, sources[0].r if sources else 128)
+        out.append(("synthetic", img, target, None))
+    return out
+
+
+@torch.no_grad()
+def evaluate(net, config, pairs, n_clicks: int = 5) -> dict:
+    """Mean Dice after 1..n simulated clicks from nothing, box + 0..2 clicks, Pancakes label + 1..3 clicks."""
+    net.eval()
+
+    def run(img, target, prior, box, n):
+        pos, neg, out = [], [], []
+        pred = prior > 0 if prior is not None else np.zeros_like(target)
+        for c in range(n):
+            if c or box is None:
+                click = next_click(pred, target)
+                if click is None:
+                    out += [1.0] * (n - c)
+                    break
+                (pos if click[1] else neg).append(click[0])
+            x = torch.from_numpy(encode_input(img, pos, neg, prior, config, box=box))[None]
+            prior = net(x)[0, 0].numpy()
+            pred = prior > 0
+            out.append(dice(pred, target))
+        return out
+
+    a, b, c = [], [], []
+    for _, img, target, pstart in pairs:
+        a.append(run(img, target, None, None, n_clicks))
+        b.append(run(img, target, None, simulate_box(target, None), 3))
+        if pstart is not None:
+            c.append(run(img, target, np.where(pstart, MASK_LOGIT, -MASK_LOGIT).astype(np.float32), None, 3))
+    net.train()
+    res = {"nothing": np.round(np.mean(a, 0), 4).tolist(), "box": np.round(np.mean(b, 0), 4).tolist(),
+           "pancakes": np.round(np.mean(c, 0), 4).tolist() if c else []}
+    res["score"] = round(float(np.mean([np.mean(a), np.mean(b)] + ([np.mean(c)] if c else []))), 4)
+    return res
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+def save_checkpoint(out: Path, net, opt, state: dict):
+    """checkpoint.safetensors (model + optimiser tensors) and checkpoint.json (the rest)."""
     from safetensors.torch import save_file
 
-    state = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
-    for i, s in opt.state_dict()["state"].items():
+    tensors = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
+    osd = opt.state_dict()
+    for i, s in osd["state"].items():
         for k, v in s.items():
             if torch.is_tensor(v):
-                state[f"opt.{i}.{k}"] = v.detach().reshape(v.shape).contiguous()
-    meta = {"it": str(it), "elapsed": str(elapsed), "config": json.dumps(net.config.to_dict()), "log": json.dumps(log[-200:])}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+                tensors[f"opt.{i}.{k}"] = v.detach().reshape(v.shape).contiguous().clone()
+    tmp = out / "checkpoint.tmp.safetensors"
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(net.config.to_dict())})
+    meta = dict(state, torch_rng=torch.get_rng_state().tolist(), param_groups=osd["param_groups"])
+    (out / "checkpoint.tmp.json").write_text(json.dumps(meta))
+    tmp.replace(out / "checkpoint.safetensors")
+    (out / "checkpoint.tmp.json").replace(out / "checkpoint.json")
 
 
-def _load_checkpoint(path: Path, net, opt):
+def load_checkpoint(out: Path, net, opt) -> dict:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata()
+    with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as fh:
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    state = json.loads((out / "checkpoint.json").read_text())
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     sd = opt.state_dict()
+    sd["param_groups"] = state.pop("param_groups")
     for key, v in tensors.items():
         if key.startswith("opt."):
             _, i, k = key.split(".", 2)
             sd["state"].setdefault(int(i), {})[k] = v
     opt.load_state_dict(sd)
-    return int(meta["it"]), float(meta["elapsed"]), json.loads(meta.get("log", "[]"))
+    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    return state
 
 
-def evaluate(net, config, data, n_clicks: int = 5) -> dict:
-    """Mean Dice after 1..n simulated clicks from nothing on (image, target) pairs at working size."""
-    from ..refine.model import Refiner
-    from ..refine.simulate import dice
+def _deadline_seconds(until: str) -> float:
+    """Seconds from now until HH:MM (UTC, today)."""
+    import datetime as dt
 
-    ref = Refiner(net, device="cpu")
-    net.eval()
-    out = np.zeros(n_clicks)
-    for img, target in data:
-        pos, neg, prior, pred = [], [], None, np.zeros_like(target)
-        for c in range(n_clicks):
-            click = next_click(pred, target)
-            if click is None:
-                out[c:] += 1.0
-                break
-            (pos if click[1] else neg).append(click[0])
-            prior = ref.predict_work(img, pos, neg, prior)
-            pred = prior > 0
-            out[c] += dice(pred, target)
-    net.train()
-    return {f"dice@{i + 1}": round(float(v / len(data)), 4) for i, v in enumerate(out)}
+    now = dt.datetime.now(dt.timezone.utc)
+    h, m = (int(v) for v in until.split(":"))
+    end = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    return (end - now).total_seconds()
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default_data_dir())
-    ap.add_argument("--out", type=Path, default=Path("runs/refiner"))
-    ap.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget (total, across resumes)")
+    ap.add_argument("--data", type=Path, default=None, help="data root (default: $NAPARI_PANCAKES_DATA)")
+    ap.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    ap.add_argument("--out", type=Path, default=Path("runs/refiner-campaign"))
+    ap.add_argument("--minutes", type=float, default=60.0, help="training budget (total, across resumes)")
+    ap.add_argument("--until", default=None, help="HH:MM UTC: stop then (overrides --minutes for this run)")
+    ap.add_argument("--init", type=Path, default=DEFAULT_REFINER_WEIGHTS, help="start from these weights ('' = scratch)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3, help="interaction rounds per example")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=5, help="most interaction rounds per example")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ship", type=Path, default=DEFAULT_REFINER_WEIGHTS, help="where to write the final weights")
-    ap.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
+    ap.add_argument("--pancakes-per-source", type=int, default=48)
+    ap.add_argument("--eval-every", type=float, default=10.0, help="minutes between validation + checkpoint")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "log.txt", "a")
+
+    def log(msg):
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
     config = RefinerConfig()
     r = config.resolution
-    net = RefinerNet(config)
+    if args.init and str(args.init) and Path(args.init).is_file():
+        net = with_box_channel(load_refiner(args.init, device="cpu").net).train()
+        log(f"initialised from {args.init}")
+    else:
+        net = RefinerNet(config)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    args.out.mkdir(parents=True, exist_ok=True)
-    ckpt = args.out / "checkpoint.safetensors"
-    it, elapsed, log = 0, 0.0, []
-    if ckpt.exists():
-        it, elapsed, log = _load_checkpoint(ckpt, net, opt)
-        print(f"resumed at iteration {it} ({elapsed / 60:.1f} min done)", flush=True)
-    rng = np.random.default_rng(args.seed + it)
+    state = {"it": 0, "elapsed": 0.0, "best_score": -1.0, "log": [], "budget_s": args.minutes * 60}
+    if (out / "checkpoint.json").exists():
+        state = load_checkpoint(out, net, opt)
+        log(f"resumed at iteration {state['it']} ({state['elapsed'] / 60:.1f} min done)")
+    if args.until:
+        state["budget_s"] = state["elapsed"] + _deadline_seconds(args.until)
+    rng = np.random.default_rng(args.seed)
+    if "np_rng" in state:
+        rng.bit_generator.state = state["np_rng"]
 
-    samplers, weights, used = [synthetic_example], [0.3], ["synthetic"]
-    for name, w, comp in (("jsrt_scr_chest", 0.35, 0.0), ("dsb2018_nuclei", 0.35, 0.3)):
-        folder = args.data / name
-        if folder.is_dir():
-            samplers.append(RealSampler(*load_real_set(folder), component_prob=comp))
-            weights.append(w)
-            used.append(name)
-    weights = np.array(weights) / sum(weights)
-    val = []
-    vrng = np.random.default_rng(1234)
-    for name in HELDOUT_SETS:
-        folder = args.data / name
-        if folder.is_dir():
-            ims, labs = load_real_set(folder, r)
-            tid = 1 if name == "ph2_skin" else 2
-            val += [(ims[i], labs[i] == tid) for i in vrng.choice(len(ims), 6, replace=False)]
-    print(f"training on {used} (weights {np.round(weights, 2).tolist()}), {len(val)} validation pairs", flush=True)
+    root = data_root(args.data)
+    names = [n for n in folder_names(root) if n not in LEAVE_OUT]
+    real = load_real_datasets(names, root=root, res=STORE, cache_dir=args.cache, mni=True)
+    sources = [Source(ds, r) for name, ds in real.items() if name not in LEAVE_OUT]
+    log(f"sources: {[s.name for s in sources]} (+ synthetic); leave-out not read: {list(LEAVE_OUT)}")
+    compute_pancakes_labels(sources, args.pancakes_per_source, log=log)
+    val = validation_pairs(sources)
+    log(f"{len(val)} validation pairs from training sources")
 
-    budget = args.minutes * 60
-    t_start = time.time() - elapsed
-    last_save = time.time()
+    t_start = time.time() - state["elapsed"]
+    last_eval = time.time()
     run_loss = []
     net.train()
     while True:
         elapsed = time.time() - t_start
-        if elapsed >= budget:
+        if elapsed >= state["budget_s"]:
             break
-        frac = elapsed / budget
-        lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (it + 1) / 50)
+        frac = min(1.0, elapsed / max(state["budget_s"], 1.0))
+        lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (state["it"] + 1) / 50)
         for g in opt.param_groups:
             g["lr"] = lr
-        steps = int(rng.integers(1, args.steps + 2))
-        loss = train_step(net, opt, make_batch(samplers, weights, rng, args.batch, r), config, rng, steps)
-        run_loss.append(loss)
-        it += 1
-        if it % 25 == 0:
-            print(f"it {it} {elapsed / 60:.1f} min lr {lr:.2e} loss {np.mean(run_loss):.4f}", flush=True)
-            log.append({"it": it, "min": round(elapsed / 60, 2), "loss": round(float(np.mean(run_loss)), 4)})
+        steps = int(rng.integers(1, args.steps + 1))
+        batch = [make_example(sources, rng, r) for _ in range(args.batch)]
+        run_loss.append(train_step(net, opt, batch, config, rng, steps))
+        state["it"] += 1
+        if state["it"] % 25 == 0:
+            log(f"it {state['it']} {elapsed / 60:.1f} min lr {lr:.2e} loss {np.mean(run_loss):.4f}")
+            state["log"].append({"it": state["it"], "min": round(elapsed / 60, 2), "loss": round(float(np.mean(run_loss)), 4)})
             run_loss = []
-        if time.time() - last_save > args.save_every * 60:
-            ev = evaluate(net, config, val) if val else {}
-            log.append({"it": it, "min": round(elapsed / 60, 2), "heldout": ev})
-            print(f"it {it} held-out {ev}", flush=True)
-            _save_checkpoint(ckpt, net, opt, it, time.time() - t_start, log)
-            _ship(net, args, it, time.time() - t_start, used, ev)
-            last_save = time.time()
-    ev = evaluate(net, config, val) if val else {}
-    log.append({"it": it, "min": round((time.time() - t_start) / 60, 2), "heldout": ev, "final": True})
-    _save_checkpoint(ckpt, net, opt, it, time.time() - t_start, log)
-    _ship(net, args, it, time.time() - t_start, used, ev)
-    (args.out / "log.json").write_text(json.dumps(log, indent=1))
-    print(f"done: {it} iterations, {(time.time() - t_start) / 60:.1f} min, held-out {ev}", flush=True)
+        if time.time() - last_eval > args.eval_every * 60:
+            _checkpoint(out, net, opt, state, rng, t_start, val, config, log)
+            last_eval = time.time()
+    _checkpoint(out, net, opt, state, rng, t_start, val, config, log, final=True)
+    log(f"done: {state['it']} iterations, {(time.time() - t_start) / 60:.1f} min")
 
 
-def _ship(net, args, it, seconds, used, ev):
-    tmp = args.ship.with_name(args.ship.stem + ".partial.safetensors")
-    save_refiner(net, tmp, extra={"iterations": it, "train_minutes": round(seconds / 60, 1), "data": used,
-                                  "batch": args.batch, "max_steps": args.steps + 1, "heldout_dice": ev})
-    tmp.replace(args.ship)
+def _checkpoint(out, net, opt, state, rng, t_start, val, config, log, final=False):
+    ev = evaluate(net, config, val)
+    state["elapsed"] = time.time() - t_start
+    state["np_rng"] = rng.bit_generator.state
+    entry = {"it": state["it"], "min": round(state["elapsed"] / 60, 2), "val": ev, "final": final}
+    state["log"].append(entry)
+    log(f"it {state['it']} validation (training sources) {ev}")
+    if ev["score"] > state["best_score"]:
+        state["best_score"] = ev["score"]
+        save_refiner(net, out / "best.tmp.safetensors",
+                     extra={"iterations": state["it"], "train_minutes": round(state["elapsed"] / 60, 1),
+                            "validation": ev, "leave_out": list(LEAVE_OUT)})
+        (out / "best.tmp.safetensors").replace(out / "best.safetensors")
+        log(f"new best (score {ev['score']}) -> best.safetensors")
+    save_checkpoint(out, net, opt, state)
+    (out / "log.json").write_text(json.dumps(state["log"], indent=0))
 
 
 if __name__ == "__main__":

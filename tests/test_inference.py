@@ -4,7 +4,9 @@ import torch
 
 import napari_pancakes
 from napari_pancakes import segment_set
-from napari_pancakes.inference import interpolation_matrix
+from napari_pancakes.inference import (
+    PancakesPredictor, interpolation_matrix, label_counts, protocol_order, protocol_stats,
+)
 from napari_pancakes.model import Pancakes
 
 
@@ -12,6 +14,12 @@ from napari_pancakes.model import Pancakes
 def model():
     torch.manual_seed(0)
     return Pancakes().eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The bundled weights: the random-init model labels everything alike, which hides bugs."""
+    return napari_pancakes.load_model(device="cpu")
 
 
 def blobs(s=3, h=128, w=128, seed=0):
@@ -57,12 +65,70 @@ def test_phi_computed_once_per_image(model, monkeypatch):
     assert sum(seen) == 3
 
 
-def test_deterministic_per_seed(model):
-    x = blobs()
+def test_deterministic_per_seed(trained):
+    model, x = trained, blobs()
     a = segment_set(x, 4, 6, model=model, seed=0)
     assert np.array_equal(a, segment_set(x, 4, 6, model=model, seed=0))
     b = segment_set(x, 4, 6, model=model, seed=5)
     assert np.array_equal(b, segment_set(x, 4, 6, model=model, seed=5))
+    assert not np.array_equal(a, b)  # the seed is used: another draw of protocols
+    assert not np.array_equal(b, segment_set(x, 4, 6, model=model, seed=6))
+
+
+def test_predictor_answers_any_mk_seed_from_its_cache(model, monkeypatch):
+    x = blobs(3, 100, 140)
+    predictor = PancakesPredictor(model).set_images(x)
+    assert predictor._features.dtype == torch.float16 and predictor.n_images == 3
+    assert predictor.cache_bytes <= 3 * 32 * 128 * 128 * 2 + 3 * 100 * 140 * 4 + 3 * 32 * 4 * 100
+    calls = []
+    for name in ("phi", "features"):
+        original = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+    for m, k, seed in [(2, 3, 0), (5, 7, 0), (5, 7, 3)]:
+        labels, probs = predictor.protocols(m, k, seed=seed, return_probs=True)
+        assert labels.shape == (m, 3, 100, 140) and labels.max() < k
+        assert np.array_equal(probs.argmax(2), labels)
+    assert calls == []  # neither the U-Net nor the image branch ran again
+    monkeypatch.undo()
+    direct = segment_set(x, 5, 7, model=model, seed=3)
+    assert (direct == predictor.protocols(5, 7, seed=3)).mean() > 0.999  # float16 cache: ties may flip
+
+
+def test_predictor_steps_yield_often_and_runner_up_differs(model):
+    predictor = PancakesPredictor(model).set_images(blobs(2, 300, 300))
+    steps = list(predictor.iter_steps(32, 64))
+    assert sum(s is None for s in steps) >= 2 * 300 // max(1, (1 << 24) // (32 * 64 * 300))  # one per band
+    assert [s[0] for s in steps if s is not None] == [0, 1]
+    labels = predictor.protocols(4, 6, seed=2)
+    second = predictor.runner_up(1, 4, 6, seed=2)
+    assert len(second) == 2 and second[0].shape == (300, 300)
+    assert not np.any(second[0] == labels[1, 0]) and second[0].max() < 6
+    with pytest.raises(RuntimeError, match="set_images"):
+        PancakesPredictor(model).protocols(2, 3)
+
+
+def test_uniform_image_and_regions_get_one_label(trained):
+    model = trained
+    const = segment_set(np.full((2, 90, 110), 7.0), 4, 8, model=model)
+    assert all(len(np.unique(const[p])) == 1 for p in range(4))
+    textured = blobs(1, 96, 96)[0]
+    padded = np.pad(textured, ((0, 0), (0, 120)))  # a constant band to the right of the content
+    labels, probs = segment_set(padded, 6, 12, model=model, seed=1, return_probs=True)
+    band = labels[:, 0, :, 100:]  # well inside the band (the edge pixels next to content vary)
+    assert all(len(np.unique(band[p])) == 1 for p in range(6))
+    assert np.array_equal(probs.argmax(2), labels)
+    assert max(len(np.unique(labels[p, 0, :, :90])) for p in range(6)) > 1  # the content keeps its labels
+
+
+def test_protocol_stats_and_order():
+    counts = np.array([[100, 0, 0], [50, 50, 0], [98, 1, 1], [34, 33, 33]])
+    stats = protocol_stats(counts)
+    assert [s["labels_in_use"] for s in stats] == [1, 2, 3, 3]
+    assert stats[0]["single_label"] and not stats[2]["single_label"]
+    assert stats[3]["effective_labels"] == pytest.approx(3, abs=0.01)
+    assert protocol_order(stats) == [3, 1, 2, 0]
+    labels = np.array([[[0, 0], [1, 1]], [[2, 2], [2, 2]]])
+    assert label_counts(labels, 3).tolist() == [[2, 2, 0], [0, 0, 4]]
 
 
 def test_constant_image_works(model):

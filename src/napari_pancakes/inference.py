@@ -1,9 +1,11 @@
 """``segment_set``: a set of images -> M candidate protocols, each a K-label map per image.
 
-The work is ordered so that nothing large is held: ``phi`` and the head features are
-computed once per image at the working resolution, the (M, K) pair weights once per call,
-and logits are resampled to each image's own size one protocol and one band of rows at a
-time, keeping only the argmax (and the probabilities when asked).
+:class:`PancakesPredictor` does the work: ``phi`` and the head features are computed once
+per image at the working resolution and cached (float16), so any M, K and seed is answered
+without running the network again; the (M, K) pair weights are computed once per call, and
+logits (the head's own :meth:`ProtocolHead.logits`) are resampled to each image's own size
+one band of rows at a time, keeping only the argmax (and the probabilities when asked).
+``segment_set`` and ``iter_segment_set`` are thin wrappers over it.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 
 from .io_weights import best_device, load_model
 from .model import K_RANGE, M_RANGE, Pancakes
-from .preprocess import prepare_image, to_image_list
+from .preprocess import normalize_intensity, resize_image, to_image_list
 
 PHI_BATCH = 8  # images per forward pass of the U-Net
 BAND_ELEMENTS = 1 << 24  # logits held at once while resampling (64 MB of float32)
@@ -66,6 +68,252 @@ def interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
     return w
 
 
+class PancakesPredictor:
+    """Segment one set of images for any number of (M, K, seed) choices, running the network once.
+
+    :meth:`set_images` validates and normalises the images and runs ``phi = f(x)`` and the
+    image branch of the head, once per image, and caches the head features; :meth:`protocols`
+    (or :meth:`iter_protocols`) then answers any M, K and seed from that cache: only the code
+    branch (M*K tiny MLP evaluations) and the per-pixel inner products run again.
+
+    Memory: the cache holds the features at the working resolution in float16, D x r x r x 2
+    bytes per image whatever the image size (1 MiB for the bundled D = 32, r = 128), plus, for
+    images with uniform regions, one int32 region map of the image's own size and D floats per
+    region. The images themselves are not kept.
+
+    Uniform regions: a region where the image (as the network sees it, after normalisation) is
+    exactly constant holds no structure, yet a network can paint patterns into it (padding and
+    receptive-field artefacts: rectangles on a blank image). With ``uniform_regions=True`` (the
+    default) every constant region of at least ``min_uniform_area`` pixels gets one label per
+    protocol, the argmax of its mean logits (exactly the mean over the region of the
+    resampled logits), and the returned probabilities there are the softmax of those mean
+    logits, so ``probs.argmax() == labels`` everywhere. A constant image is one such region.
+
+    Arguments:
+        model: a loaded model; the bundled one when None.
+        device: "cpu", "cuda", "mps" or None (best available).
+        uniform_regions: give each constant region one label (see above).
+    """
+
+    def __init__(self, model: Pancakes | None = None, device: str | None = None, uniform_regions: bool = True):
+        if model is None:
+            model = load_model(device=device)
+        elif device is not None:
+            model = model.to(best_device(device))
+        self.model = model.eval()
+        self.uniform_regions = bool(uniform_regions)
+        self.shapes: list[tuple[int, int]] = []
+        self._features: torch.Tensor | None = None  # (S, D, r, r) float16, CPU
+        self._regions: list[tuple[np.ndarray, torch.Tensor] | None] = []  # per image: (region map, mean features)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes held by the cache (features and region maps)."""
+        n = 0 if self._features is None else self._features.numel() * self._features.element_size()
+        return n + sum(r[0].nbytes + r[1].numel() * 4 for r in self._regions if r is not None)
+
+    def set_images(self, images) -> "PancakesPredictor":
+        """Validate, normalise and encode a set (any input :func:`segment_set` takes)."""
+        for _ in self.iter_set_images(images):
+            pass
+        return self
+
+    def iter_set_images(self, images, batch: int = PHI_BATCH) -> Iterator[tuple[int, int]]:
+        """:meth:`set_images` as a generator yielding ``(done, total)`` after each batch of images.
+
+        The cache is replaced only when the generator runs to the end; stopping it early
+        leaves the previous set in place.
+        """
+        items, _ = to_image_list(images)
+        dev = next(self.model.parameters()).device
+        res = self.model.config.resolution
+        feats, regions = [], []
+        with torch.inference_mode():
+            for start in range(0, len(items), max(1, int(batch))):
+                chunk = items[start : start + max(1, int(batch))]
+                normalised = [normalize_intensity(im) for im in chunk]
+                x = torch.from_numpy(np.stack([resize_image(im, (res, res)) for im in normalised]))[:, None].to(dev)
+                g = self.model.features(self.model.phi(x)).float().cpu()  # (n, D, r, r)
+                feats.append(g.half())
+                for j, im in enumerate(normalised):
+                    regions.append(self._uniform_regions(im, g[j]) if self.uniform_regions else None)
+                yield start + len(chunk), len(items)
+        self._features = torch.cat(feats)
+        self._regions = regions
+        self.shapes = [tuple(im.shape) for im in items]
+
+    def _uniform_regions(self, image: np.ndarray, feats: torch.Tensor):
+        """(region map int32, 0 = not uniform; (n_regions, D) mean features) or None."""
+        from scipy import ndimage
+
+        h, w = image.shape
+        min_area = max(64, int(np.ceil(64 * h * w / feats.shape[-1] ** 2)))  # >= 8 x 8 working pixels
+        if h * w < min_area:
+            return None
+        flat = ndimage.maximum_filter(image, 3, mode="nearest") == ndimage.minimum_filter(image, 3, mode="nearest")
+        if flat.sum() < min_area:
+            return None
+        regions, n = ndimage.label(flat)
+        sizes = np.bincount(regions.ravel(), minlength=n + 1)
+        keep = np.flatnonzero(sizes >= min_area)
+        keep = keep[keep > 0]
+        if keep.size == 0:
+            return None
+        remap = np.zeros(n + 1, np.int32)
+        remap[keep] = np.arange(1, keep.size + 1)
+        regions = remap[regions]
+        # mean of the resampled features over each region = features weighted by Ry^T mask Rx
+        r = feats.shape[-1]
+        ry = torch.from_numpy(interpolation_matrix(h, r))
+        rx = torch.from_numpy(interpolation_matrix(w, r))
+        means = torch.empty(keep.size, feats.shape[0])
+        for i in range(keep.size):
+            mask = torch.from_numpy((regions == i + 1).astype(np.float32))
+            weight = ry.T @ mask @ rx  # (r, r)
+            means[i] = (feats * weight).sum((1, 2)) / weight.sum()
+        return regions, means
+
+    def _check_ready(self):
+        if self._features is None:
+            raise RuntimeError("no images yet: call set_images(images) first")
+
+    def iter_protocols(self, m: int = 8, k: int = 20, seed: int | None = 0, return_probs: bool = False,
+                       ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Yield ``(index, labels (M, H, W), probs (M, K, H, W) or None)`` image by image."""
+        for step in self.iter_steps(m, k, seed, return_probs):
+            if step is not None:
+                yield step
+
+    def iter_steps(self, m: int = 8, k: int = 20, seed: int | None = 0, return_probs: bool = False):
+        """:meth:`iter_protocols` yielding ``None`` after every band of rows as well, so that a
+        caller (a GUI worker) can stop within a fraction of a second even for M = 32, K = 64."""
+        m, k = check_mk(m, k)
+        self._check_ready()
+        label_dtype = np.uint8 if k <= 256 else np.int32
+        with torch.inference_mode():
+            weights, bias = self.model.pair_weights(m, k, protocol_offsets(m, seed))  # (M, K, D), (M, K)
+            weights, bias = weights.float().cpu(), bias.float().cpu()
+            for i, shape in enumerate(self.shapes):
+                feats = self._features[i].float()
+                labels = np.empty((m,) + shape, dtype=label_dtype)
+                probs = np.empty((m, k) + shape, dtype=np.float32) if return_probs else None
+                for y0, y1, logits in _logit_bands(self.model.h, feats, weights, bias, shape):
+                    band = (y1 - y0, shape[1])
+                    labels[:, y0:y1] = logits.argmax(-1).T.reshape((m,) + band).numpy()
+                    if return_probs:
+                        probs[:, :, y0:y1] = torch.softmax(logits, -1).permute(1, 2, 0).reshape((m, k) + band).numpy()
+                    yield None
+                if self._regions[i] is not None:
+                    _flatten_regions(self.model.h, self._regions[i], weights, bias, labels, probs)
+                yield i, labels, probs
+
+    def protocols(self, m: int = 8, k: int = 20, seed: int | None = 0, return_probs: bool = False,
+                  progress: Callable[[int, int], None] | None = None):
+        """Labels (and probabilities) of every image for M protocols of K labels; the same
+        outputs as :func:`segment_set`, from the cache."""
+        labels, probs = [], []
+        for i, lab, pr in self.iter_protocols(m, k, seed, return_probs):
+            labels.append(lab)
+            probs.append(pr)
+            if progress is not None:
+                progress(i + 1, self.n_images)
+        same = len({lab.shape for lab in labels}) == 1
+        out_labels = np.stack(labels, axis=1) if same else labels
+        if not return_probs:
+            return out_labels
+        return out_labels, (np.stack(probs, axis=1) if same else probs)
+
+    def runner_up(self, protocol: int, m: int, k: int, seed: int | None = 0) -> list[np.ndarray]:
+        """Per image, the second most probable label (H, W) of protocol ``protocol`` (0-based)
+        of the (M, K, seed) grid: where a pixel goes when its first choice is taken away."""
+        m, k = check_mk(m, k)
+        self._check_ready()
+        if not 0 <= int(protocol) < m:
+            raise ValueError(f"protocol must be in 0..{m - 1}, got {protocol}")
+        out = []
+        with torch.inference_mode():
+            weights, bias = self.model.pair_weights(m, k, protocol_offsets(m, seed))
+            weights, bias = weights[protocol : protocol + 1].float().cpu(), bias[protocol : protocol + 1].float().cpu()
+            for i, shape in enumerate(self.shapes):
+                second = np.empty(shape, dtype=np.uint8 if k <= 256 else np.int32)
+                for y0, y1, logits in _logit_bands(self.model.h, self._features[i].float(), weights, bias, shape):
+                    second[y0:y1] = logits[:, 0].topk(2, dim=-1).indices[:, 1].reshape(y1 - y0, shape[1]).numpy()
+                out.append(second)
+        return out
+
+
+def _logit_bands(head, feats, weights, bias, shape):
+    """Yield ``(y0, y1, logits (pixels, M, K))`` for the rows y0..y1 of an image of size ``shape``
+    (pixels in row-major order; K innermost, which makes the argmax over K fast).
+
+    The logits are linear in the features and resampling is linear with weights summing to
+    one, so resampling the D feature channels and then applying the pair weights gives
+    exactly the resampled logits, at a fraction of the cost (D is much smaller than M*K).
+    Rows are processed in bands so that no more than ``BAND_ELEMENTS`` logits exist at once.
+    """
+    d, r, _ = feats.shape
+    h, w = shape
+    m, k, _ = weights.shape
+    if (h, w) != (r, r):
+        rx = torch.from_numpy(interpolation_matrix(w, r))
+        ry = torch.from_numpy(interpolation_matrix(h, r))
+        cols = torch.einsum("dyx,wx->dyw", feats, rx)  # (D, r, W)
+    band = max(1, BAND_ELEMENTS // max(1, m * k * w))
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        g = feats[:, y0:y1] if (h, w) == (r, r) else torch.einsum("hy,dyw->dhw", ry[y0:y1], cols)  # (D, band, W)
+        pixels = g.reshape(d, -1).T[:, :, None, None]  # each pixel one "image" of 1 x 1
+        yield y0, y1, head.logits(pixels, weights, bias)[:, :, :, 0, 0]
+
+
+def _flatten_regions(head, regions, weights, bias, labels, probs) -> None:
+    """Give every uniform region the label (and probabilities) of its mean logits, in place."""
+    region_map, means = regions
+    logits = head.logits(means.T[None, :, :, None], weights, bias)[0, :, :, :, 0]  # (M, K, n_regions)
+    best = logits.argmax(1).numpy()  # (M, n_regions)
+    mask = region_map > 0
+    index = region_map[mask] - 1
+    for p in range(labels.shape[0]):
+        labels[p][mask] = best[p][index]
+    if probs is not None:
+        soft = torch.softmax(logits, 1).numpy()  # (M, K, n_regions)
+        for p in range(labels.shape[0]):
+            for c in range(soft.shape[1]):
+                probs[p, c][mask] = soft[p, c][index]
+
+
+def label_counts(labels: np.ndarray, k: int) -> np.ndarray:
+    """(M, H, W) or (M, S, H, W) labels in 0..K-1 -> (M, K) pixel counts per label."""
+    flat = np.asarray(labels).reshape(labels.shape[0], -1)
+    return np.stack([np.bincount(row, minlength=k)[:k] for row in flat])
+
+
+def protocol_stats(counts: np.ndarray, min_share: float = 0.001) -> list[dict]:
+    """Per protocol, from its (M, K) label counts over the set: ``labels_in_use`` (labels on at
+    least ``min_share`` of the pixels), ``effective_labels`` (exp of the entropy of the label
+    shares: K for K equal labels, 1 for one label) and ``single_label``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    out = []
+    for row in share:
+        nz = row[row > 0]
+        in_use = int((row >= min_share).sum())
+        out.append({"labels_in_use": in_use, "effective_labels": float(np.exp(-(nz * np.log(nz)).sum())),
+                    "single_label": in_use <= 1})
+    return out
+
+
+def protocol_order(stats: list[dict]) -> list[int]:
+    """Protocol indices, most informative first: single-label protocols last, then by
+    effective number of labels (labels in use, weighted by how evenly they split the set);
+    ties keep the model's order."""
+    return sorted(range(len(stats)), key=lambda i: (stats[i]["single_label"], -round(stats[i]["effective_labels"], 6), i))
+
+
 def iter_segment_set(
     images,
     m: int = 8,
@@ -75,6 +323,7 @@ def iter_segment_set(
     device: str | None = None,
     seed: int | None = 0,
     return_probs: bool = False,
+    uniform_regions: bool = True,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """Yield ``(index, labels, probs)`` image by image (see :func:`segment_set`).
 
@@ -82,57 +331,8 @@ def iter_segment_set(
     the iteration early (e.g. a cancelled GUI run) leaves nothing behind.
     """
     m, k = check_mk(m, k)
-    items, _ = to_image_list(images)
-    if model is None:
-        model = load_model(device=device)
-    elif device is not None:
-        model = model.to(best_device(device))
-    model.eval()
-    dev = next(model.parameters()).device
-    res = model.config.resolution
-    label_dtype = np.uint8 if k <= 256 else np.int32
-    with torch.inference_mode():
-        weights, bias = model.pair_weights(m, k, protocol_offsets(m, seed))  # (M, K, D), (M, K)
-        flat_w = weights.reshape(m * k, -1)
-        for start in range(0, len(items), PHI_BATCH):
-            chunk = items[start : start + PHI_BATCH]
-            x = torch.from_numpy(np.stack([prepare_image(im, res) for im in chunk]))[:, None].to(dev)
-            feats = model.features(model.phi(x))  # (n, D, res, res)
-            for j, image in enumerate(chunk):
-                labels, probs = _labels_from_features(feats[j], flat_w, bias.reshape(-1), m, k, image.shape, return_probs)
-                yield start + j, labels.astype(label_dtype, copy=False), probs
-
-
-def _labels_from_features(feats, flat_w, flat_b, m, k, shape, return_probs):
-    """Per-pixel head features (D, r, r) -> labels (M, H, W) and optionally probs (M, K, H, W).
-
-    The logits are linear in the features and resampling is linear with weights summing to
-    one, so resampling the D feature channels and then applying the M*K pair weights gives
-    exactly the resampled logits, at a fraction of the cost (D is much smaller than M*K).
-    Rows are processed in bands so no more than ``BAND_ELEMENTS`` logits exist at once.
-    """
-    d, r, _ = feats.shape
-    h, w = shape
-    feats = feats.float().cpu()
-    flat_w, flat_b = flat_w.float().cpu(), flat_b.float().cpu()
-    if (h, w) != (r, r):
-        rx = torch.from_numpy(interpolation_matrix(w, r))
-        ry = torch.from_numpy(interpolation_matrix(h, r))
-        cols = torch.einsum("dyx,wx->dyw", feats, rx)  # (D, r, W)
-    labels = np.empty((m, h, w), dtype=np.int64)
-    probs = np.empty((m, k, h, w), dtype=np.float32) if return_probs else None
-    band = max(1, BAND_ELEMENTS // max(1, m * k * w))
-    for y0 in range(0, h, band):
-        y1 = min(h, y0 + band)
-        if (h, w) == (r, r):
-            g = feats[:, y0:y1]
-        else:
-            g = torch.einsum("hy,dyw->dhw", ry[y0:y1], cols)  # (D, band, W)
-        logits = (flat_w @ g.reshape(d, -1) + flat_b[:, None]).reshape(m, k, y1 - y0, w)
-        labels[:, y0:y1] = logits.argmax(1).numpy()
-        if return_probs:
-            probs[:, :, y0:y1] = torch.softmax(logits, 1).numpy()
-    return labels, probs
+    predictor = PancakesPredictor(model, device=device, uniform_regions=uniform_regions).set_images(images)
+    yield from predictor.iter_protocols(m, k, seed, return_probs)
 
 
 def segment_set(
@@ -145,6 +345,7 @@ def segment_set(
     seed: int | None = 0,
     return_probs: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    uniform_regions: bool = True,
 ):
     """Segment a set of images into ``m`` candidate protocols of ``k`` labels each.
 
@@ -158,7 +359,10 @@ def segment_set(
         seed: 0 gives the canonical protocols; other seeds give other draws of protocols.
             Results are deterministic for a given seed.
         return_probs: also return softmax probabilities over the K labels.
-        progress: called as ``progress(done, total)`` after each image.
+        progress: called as ``progress(done, total)`` after each image is labelled.
+        uniform_regions: give each exactly constant region (a blank image, a padded border)
+            one label per protocol instead of the network's artefacts there (see
+            :class:`PancakesPredictor`).
 
     Returns:
         labels: int array (M, S, H, W) with values in 0..K-1, aligned pixel for pixel with
@@ -166,16 +370,6 @@ def segment_set(
         probs (only when ``return_probs``): float32 (M, S, K, H, W) or a list of
             (M, K, H_s, W_s) arrays.
     """
-    items, _ = to_image_list(images)
-    total = len(items)
-    labels, probs = [], []
-    for i, lab, pr in iter_segment_set(items, m, k, model=model, device=device, seed=seed, return_probs=return_probs):
-        labels.append(lab)
-        probs.append(pr)
-        if progress is not None:
-            progress(i + 1, total)
-    same = len({lab.shape for lab in labels}) == 1
-    out_labels = np.stack(labels, axis=1) if same else labels
-    if not return_probs:
-        return out_labels
-    return out_labels, (np.stack(probs, axis=1) if same else probs)
+    m, k = check_mk(m, k)
+    predictor = PancakesPredictor(model, device=device, uniform_regions=uniform_regions).set_images(images)
+    return predictor.protocols(m, k, seed, return_probs, progress)

@@ -35,6 +35,7 @@ from .preprocess import to_image_list
 FORMAT = "napari-pancakes-protocol/1"
 NAMES_FILE = "labels.json"  # written beside applied label files
 BATCH = PHI_BATCH
+CONNECT_TIMEOUT = 10.0  # seconds to reach a dask scheduler before giving up
 
 
 # --------------------------------------------------------------------- weights identity
@@ -232,20 +233,35 @@ def model_for(protocol: Protocol, model=None):
 
 
 # --------------------------------------------------------------------- features and labels
-def codebook_labels(predictor: PancakesPredictor, i: int, w: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Model labels (H, W), 0-based, of image ``i`` of the predictor's cached set under a (K, D)
-    codebook: the same computation as the predictor's own protocols (banded logits, uniform
-    regions flattened), with the label directions given instead of drawn from the codes."""
-    from .inference import _flatten_regions, _logit_bands  # the predictor's own steps, for identical outputs
+class _CodebookModel:
+    """The model, with ``pair_weights`` answering a protocol's (K, D) codebook as a grid of M = 1.
 
-    head = predictor.model.h
-    shape = predictor.shapes[i]
-    labels = np.empty((1,) + tuple(shape), dtype=np.int64)
-    for y0, y1, logits in _logit_bands(head, predictor._features[i].float(), w[None], b[None], shape):
-        labels[:, y0:y1] = logits.argmax(1).numpy()
-    if predictor._regions[i] is not None:
-        _flatten_regions(head, predictor._regions[i], w[None], b[None], labels, None)
-    return labels[0]
+    A :class:`PancakesPredictor` built on it computes labels exactly as for the model's own
+    protocols (same resampling, bands and uniform regions), through its public methods.
+    """
+
+    def __init__(self, model, w: torch.Tensor, b: torch.Tensor):
+        self._model, self.codebook = model, (w, b)
+
+    def pair_weights(self, m, k, protocol_offset=None):
+        w, b = self.codebook
+        return w[None], b[None]
+
+    def eval(self):
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def codebook_predictor(model, w: torch.Tensor, b: torch.Tensor) -> PancakesPredictor:
+    return PancakesPredictor(_CodebookModel(model, w, b))
+
+
+def predicted_labels(predictor: PancakesPredictor, k: int, mapping: np.ndarray):
+    """Yield ``(i, output labels (H, W))`` for the predictor's cached set under its codebook."""
+    for i, lab, _ in predictor.iter_protocols(1, k, None):
+        yield i, _output(lab[0], mapping)
 
 
 def _output(labels: np.ndarray, mapping: np.ndarray) -> np.ndarray:
@@ -260,13 +276,13 @@ def iter_apply(protocol: Protocol, images: Iterable, model=None, batch: int = BA
     model = model_for(protocol, model)
     w, b = protocol.codebook(model)
     mapping = protocol.mapping()
-    predictor = PancakesPredictor(model)
+    predictor = codebook_predictor(model, w, b)
     chunk: list[np.ndarray] = []
     start = 0
 
     def flush():
         predictor.set_images(chunk)
-        return [(start + j, _output(codebook_labels(predictor, j, w, b), mapping)) for j in range(len(chunk))]
+        return [(start + j, lab) for j, lab in predicted_labels(predictor, protocol.k, mapping)]
 
     for image in images:
         chunk.append(np.asarray(image))
@@ -375,8 +391,9 @@ class connect:
     An unreachable scheduler raises ``ValueError`` naming the address within ``timeout`` s.
     """
 
-    def __init__(self, scheduler, timeout: float = 10.0):
-        self.scheduler, self.timeout, self.client, self.own = scheduler, timeout, None, False
+    def __init__(self, scheduler, timeout: float | None = None):
+        self.scheduler, self.client, self.own = scheduler, None, False
+        self.timeout = CONNECT_TIMEOUT if timeout is None else timeout
 
     def __enter__(self):
         try:
@@ -490,7 +507,7 @@ def _apply_files_distributed(protocol, paths, targets, scheduler, progress) -> l
         futures = client.map(_apply_file, [protocol.to_dict()] * len(paths), [str(p.resolve()) for p in paths],
                              [str(t.resolve()) for t in targets], pure=False)
         written = []
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             written.append(Path(future.result()))
             if progress is not None:
                 progress(len(written), len(paths))
@@ -499,6 +516,16 @@ def _apply_files_distributed(protocol, paths, targets, scheduler, progress) -> l
 
 
 # --------------------------------------------------------------------- learning from a correction
+def image_features(model, image: np.ndarray) -> torch.Tensor:
+    """(D, r, r) per-pixel features of one 2D image at the working resolution."""
+    from .preprocess import prepare_image
+
+    dev = next(model.parameters()).device
+    with torch.inference_mode():
+        x = torch.from_numpy(prepare_image(image, model.config.resolution))[None, None].to(dev)
+        return model.features(model.phi(x))[0].float().cpu()
+
+
 def full_features(feats: torch.Tensor, shape) -> torch.Tensor:
     """Features (D, r, r) resampled to an image's (H, W), exactly as the logits are."""
     d, r, _ = feats.shape
@@ -623,16 +650,15 @@ class ProtocolSet:
         self.items, _ = to_image_list(images)
         self.model = model_for(protocol, model)
         self.protocol = protocol
-        self.predictor = PancakesPredictor(self.model).set_images(self.items)
+        self.predictor = codebook_predictor(self.model, *protocol.codebook(self.model)).set_images(self.items)
         self.history: list[Propagation] = []
         self.labels = self.relabel()
 
     def relabel(self, protocol: Protocol | None = None) -> list[np.ndarray]:
         """Label maps (H, W) of every image under ``protocol`` (default: the current one)."""
         protocol = protocol or self.protocol
-        w, b = protocol.codebook(self.model)
-        mapping = protocol.mapping()
-        return [_output(codebook_labels(self.predictor, i, w, b), mapping) for i in range(len(self.items))]
+        self.predictor.model.codebook = protocol.codebook(self.model)
+        return [lab for _, lab in predicted_labels(self.predictor, protocol.k, protocol.mapping())]
 
     def propagate(self, image: int, mask: np.ndarray, label: int, **fit_options) -> Propagation:
         """Learn output label ``label`` from its corrected ``mask`` on image ``image``; re-label all.
@@ -650,7 +676,7 @@ class ProtocolSet:
                              "choose a label of the protocol to correct")
         j = int(members[0])
         w, b = self.protocol.codebook(self.model)
-        feats = full_features(self.predictor._features[image].float(), self.items[image].shape)
+        feats = full_features(image_features(self.model, self.items[image]), self.items[image].shape)
         wj, bj = fit_label(feats, mask, w, b, j, **fit_options)
         learned = dict(self.protocol.learned)
         learned[j] = {"w": [float(x) for x in wj], "b": bj}

@@ -170,3 +170,44 @@ def test_source_image_of_the_chosen_layer(setup):
     assert ctl.source_image() is image and ctl.source_image(ctl.protocols()[1]) is image
     image.name = "renamed"
     assert ctl.source_image(chosen) is None  # the source is tracked by name
+
+
+def test_protocols_are_ranked_most_informative_first(model):
+    from napari_pancakes.napari.sample_data import nuclei_stack
+
+    viewer = ViewerModel()
+    image = viewer.add_image(nuclei_stack()[:3], name="nuclei")
+    ctl = ProtocolController(viewer, model=model)
+    layers = ctl.run(image, m=6, k=5)
+    info = [tag(ly) for ly in layers]
+    assert [i["protocol"] for i in info] == [1, 2, 3, 4, 5, 6]
+    assert sorted(i["model_protocol"] for i in info) == [1, 2, 3, 4, 5, 6]
+    key = [(i["single_label"], -i["effective_labels"]) for i in info]
+    assert key == sorted(key)  # single-label protocols last, then fewer effective labels later
+    for ly, i in zip(layers, info):  # the stats describe the layer's own pixels
+        assert i["labels_in_use"] <= len(np.unique(ly.data)) and i["single_label"] == (i["labels_in_use"] == 1)
+    assert not info[0]["single_label"] and layers[0].visible and viewer.layers.selection.active is layers[0]
+
+
+def test_changing_m_k_seed_reuses_the_encoding(setup, monkeypatch):
+    viewer, image, ctl = setup
+    ctl.run(image, m=2, k=3)
+    calls = []
+    original = ctl.model.phi
+    monkeypatch.setattr(ctl.model, "phi", lambda x: calls.append(len(x)) or original(x))
+    assert len(ctl.run(image, m=4, k=5, seed=2)) == 4 and calls == []
+    image.data = image.data[:2] + 1.0  # new pixels: encoded again
+    assert len(ctl.run(image, m=2, k=3)) == 2 and sum(calls) == 2
+
+
+def test_new_protocols_stay_below_the_chosen_layer_and_runner_up(setup):
+    viewer, image, ctl = setup
+    ctl.run(image, m=2, k=4)
+    chosen = ctl.choose()
+    ctl.run(image, m=3, k=4, seed=1)
+    names = [ly.name for ly in viewer.layers]
+    assert names[-1] == "blobs chosen" and len(ctl.protocols()) == 3
+    ctl.run(image, m=2, k=4)  # the chosen layer's protocol (m=2, seed 0) is the cached grid again
+    second = ctl.runner_up(chosen)
+    assert second.shape == chosen.data.shape and second.min() >= 1 and second.max() <= 4
+    assert not np.any(second == chosen.data)

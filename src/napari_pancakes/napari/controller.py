@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..export import area_summary, export_label_map, label_areas, label_dtype
-from ..inference import check_mk, iter_segment_set
+from ..inference import PancakesPredictor, check_mk, label_counts, protocol_order, protocol_stats
 
 TAG = "pancakes"  # key of our entry in layer.metadata: how protocol layers are recognised
 HISTORY_LIMIT = 20
@@ -43,6 +43,17 @@ class RunRequest:
     k: int
     seed: int
     labels: np.ndarray = field(default=None, repr=False)  # (M, S, H, W), filled by compute
+    cache: "EncodedSet | None" = field(default=None, repr=False)  # the image layer's predictor slot
+    stats: list = field(default=None, repr=False)  # per protocol (model order), filled by compute
+    order: list = field(default=None, repr=False)  # model protocol indices, most informative first
+
+
+@dataclass
+class EncodedSet:
+    """One image layer's :class:`PancakesPredictor` and the fingerprint of the data it encoded."""
+
+    key: tuple | None = None
+    predictor: PancakesPredictor | None = None
 
 
 @dataclass
@@ -56,18 +67,46 @@ class Edit:
     old_values: np.ndarray | None = None
 
 
-def compute(request: RunRequest, model) -> Iterator[tuple[int, int]]:
-    """Run the model image by image, filling ``request.labels``; yields ``(done, total)``.
+def compute(request: RunRequest, model) -> Iterator[tuple[str, int, int]]:
+    """Label the set, filling ``request.labels``, ``stats`` and ``order``; yields ``(phase, done,
+    total)`` often: "encode" (the network, once per image layer and data) and "label" (after each
+    band of rows, so a caller can stop within a fraction of a second even at M=32, K=64).
 
-    Thread-safe (touches no layer); stopping the generator early cancels the run.
+    The network runs only when the image layer's cached predictor (``request.cache``) holds
+    other data: changing M, K or the seed re-labels from the cache. Thread-safe (touches no
+    layer); stopping the generator early cancels the run and keeps the previous cache.
     """
     total = len(request.images)
+    cache = request.cache if request.cache is not None else EncodedSet()
+    key = _fingerprint(request.images)
+    if cache.predictor is None or cache.key != key or cache.predictor.model is not model:
+        predictor = PancakesPredictor(model)
+        yield "encode", 0, total
+        for done, _ in predictor.iter_set_images(request.images, batch=2):
+            yield "encode", done, total
+        cache.key, cache.predictor = key, predictor
     n_images = total if len(request.spatial_shape) == 3 else 1
     out = np.zeros((request.m, n_images) + tuple(request.spatial_shape[-2:]), label_dtype(request.k))
-    for i, labels, _ in iter_segment_set(request.images, request.m, request.k, model=model, seed=request.seed):
-        out[:, i] = labels + 1
-        yield i + 1, total
+    counts = np.zeros((request.m, request.k), np.int64)
+    done = 0
+    for step in cache.predictor.iter_steps(request.m, request.k, request.seed):
+        if step is not None:
+            i, labels, _ = step
+            out[:, i] = labels + 1
+            counts += label_counts(labels, request.k)
+            done = i + 1
+        yield "label", done, total
+    request.stats = protocol_stats(counts)
+    request.order = protocol_order(request.stats)
     request.labels = out
+
+
+def _fingerprint(images) -> tuple:
+    """Identity of an image set's pixels (shapes, dtypes and a CRC of the bytes)."""
+    crc = 0
+    for im in images:
+        crc = zlib.crc32(np.ascontiguousarray(im).view(np.uint8).ravel(), crc)
+    return tuple((im.shape, str(im.dtype)) for im in images) + (crc,)
 
 
 def protocol_name(image_name: str, m: int, k: int) -> str:
@@ -101,6 +140,7 @@ class ProtocolController:
         self.history: list[Edit] = []
         self.current: int = 0  # index (0-based) of the protocol shown alone
         self.image_name: str | None = None  # image whose protocols are browsed
+        self._encoded: dict[int, tuple] = {}  # id(image layer) -> (layer, EncodedSet): one predictor per layer
 
     # ----------------------------------------------------------------- model
     @property
@@ -151,6 +191,8 @@ class ProtocolController:
         spatial_shape = tuple(data.shape)
         images = [data] if data.ndim == 2 else list(data)
         units = tuple(str(u) for u in layer.units) if getattr(layer, "units", None) is not None else None
+        self._encoded = {i: v for i, v in self._encoded.items() if v[0] in self.viewer.layers}  # forget removed layers
+        cache = self._encoded.setdefault(id(layer), (layer, EncodedSet()))[1]
         return RunRequest(
             image_name=layer.name,
             images=images,
@@ -161,6 +203,7 @@ class ProtocolController:
             m=m,
             k=k,
             seed=int(seed or 0),
+            cache=cache,
         )
 
     def previous_layers(self, image_name: str) -> list:
@@ -193,32 +236,42 @@ class ProtocolController:
             yield None
         self.image_name = request.image_name
         labels, request.labels = request.labels, None  # the layers own the data now
-        for p in range(request.m):
+        order = request.order or list(range(request.m))
+        for rank, p in enumerate(order):
             data = labels[p] if len(request.spatial_shape) == 3 else labels[p, 0]
+            stats = request.stats[p] if request.stats else {}
             layer = self._add_labels(
-                data, protocol_name(request.image_name, p + 1, request.k), request,
-                {"role": "protocol", "source": request.image_name, "protocol": p + 1,
-                 "m": request.m, "k": request.k, "seed": request.seed},
-                visible=p == 0,  # the first protocol shown alone, as show_protocol(0) does
+                data, protocol_name(request.image_name, rank + 1, request.k), request,
+                {"role": "protocol", "source": request.image_name, "protocol": rank + 1, "model_protocol": p + 1,
+                 "m": request.m, "k": request.k, "seed": request.seed,
+                 **{key: stats[key] for key in ("labels_in_use", "effective_labels", "single_label") if key in stats}},
+                visible=rank == 0,  # the most informative protocol shown alone, as show_protocol(0) does
             )
-            if p == 0:
-                self.current = 0
+            if rank == 0:
+                self.current, first = 0, layer
                 self.viewer.layers.selection.active = layer
             yield layer
+        self.viewer.layers.selection.active = first  # inserting selects each new layer: back to protocol 1
 
     def run(self, layer, m: int = 8, k: int = 20, seed: int = 0, confirm: Confirm | bool = True,
             progress: Callable[[int, int], None] | None = None) -> list:
         """Synchronous run (notebooks, tests): prepare, compute and apply in one call."""
         request = self.prepare(layer, m, k, seed)
-        for done, total in compute(request, self.model):
-            if progress is not None:
+        last = None
+        for phase, done, total in compute(request, self.model):
+            if progress is not None and phase == "label" and done != last:
                 progress(done, total)
+                last = done
         return self.apply(request, confirm)
 
     def _add_labels(self, data, name, request: RunRequest, meta: dict, names: dict | None = None, visible=True):
+        """Add a Labels layer aligned with the image; protocol layers go below the image's
+        chosen layer, so that they never cover the label map the user works on."""
+        from napari.layers import Labels
+
         k = meta["k"]
         names = names or default_names(k)
-        layer = self.viewer.add_labels(
+        layer = Labels(
             data, name=name, scale=request.scale, translate=request.translate,
             features=names_table(names), metadata={TAG: {**meta, "crc": checksum(data), "edited": False}},
             opacity=0.6, visible=visible,
@@ -228,6 +281,12 @@ class ProtocolController:
                 layer.units = request.units
             except Exception:  # units are a nicety; never fail a run over them
                 pass
+        position = len(self.viewer.layers)
+        if meta["role"] == "protocol":
+            chosen = [i for i, ly in enumerate(self.viewer.layers)
+                      if tag(ly).get("role") == "chosen" and tag(ly).get("source") == meta["source"]]
+            position = min(chosen, default=position)
+        self.viewer.layers.insert(position, layer)
         return layer
 
     # ----------------------------------------------------------------- browsing
@@ -344,6 +403,23 @@ class ProtocolController:
             return None
         image = self.viewer.layers[name]
         return image if isinstance(image, Image) else None
+
+    def runner_up(self, layer=None) -> np.ndarray:
+        """Per pixel, the second most probable label id (1..K) of the protocol ``layer`` (default:
+        the working layer) was made from, with the layer's shape: where a pixel goes when its
+        first choice is taken away. Computed from the image's cached encoding (no network run).
+        Raises ``ValueError`` when the image is gone or changed since the run."""
+        layer = self.working(layer)
+        info, image = tag(layer), self.source_image(layer)
+        entry = self._encoded.get(id(image)) if image is not None else None
+        if entry is None or entry[1].predictor is None or "model_protocol" not in info:
+            raise ValueError(f"no encoding of the image of '{layer.name}': run the explorer on it first")
+        request = self.prepare(image, info["m"], info["k"], info["seed"])
+        if entry[1].key != _fingerprint(request.images):
+            raise ValueError(f"the image '{image.name}' changed since the run: run the explorer on it again")
+        second = entry[1].predictor.runner_up(info["model_protocol"] - 1, info["m"], info["k"], info["seed"])
+        out = np.stack(second) if layer.ndim == 3 else second[0]
+        return out.astype(layer.data.dtype) + 1
 
     # ----------------------------------------------------------------- naming and editing
     def names(self, layer=None) -> dict[int, str]:

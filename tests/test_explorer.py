@@ -132,7 +132,8 @@ def test_cancel_leaves_viewer_unchanged(qtbot, widget):
     "add, message",
     [
         (lambda v: None, "no image layer"),
-        (lambda v: v.add_labels(np.zeros((16, 16), np.uint8), name="lab"), "Labels layer"),
+        (lambda v: v.add_labels(np.zeros((16, 16), np.uint8), name="lab"), "no image layer"),  # not listed
+        (lambda v: v.add_points(np.zeros((3, 2)), name="pts"), "no image layer"),
         (lambda v: v.add_image(np.zeros((2, 2, 16, 16)), name="4d"), "spatial dimensions"),
     ],
 )
@@ -143,6 +144,21 @@ def test_bad_layer_choices_give_a_message(widget, add, message):
     assert w.start_run() is False
     assert message in w.last_message and not w.busy
     assert len(viewer.layers) == n_layers
+    items = [w.layer_combo.itemText(i) for i in range(w.layer_combo.count())]
+    assert "lab" not in items and "pts" not in items
+
+
+def test_image_box_follows_new_and_selected_images(widget):
+    w, viewer = widget, widget.viewer
+    first = viewer.add_image(np.zeros((2, 16, 16)), name="first")
+    assert w.layer_combo.currentText() == "first"
+    viewer.add_image(np.ones((2, 16, 16)), name="second")
+    assert w.layer_combo.currentText() == "second"  # a newly opened image is the one to run on
+    viewer.add_points(np.zeros((3, 3)), name="pts")
+    assert w.layer_combo.currentText() == "second"
+    viewer.layers.selection.active = first
+    assert w.layer_combo.currentText() == "first"  # and so is the one selected in the layer list
+    assert [w.layer_combo.itemText(i) for i in range(w.layer_combo.count())] == ["first", "second"]
 
 
 def test_failed_run_shows_error_and_changes_nothing(qtbot, widget):

@@ -165,7 +165,8 @@ class ProtocolController:
 
         m, k = check_mk(m, k)
         if layer is None:
-            raise ValueError("no image layer chosen: open an image (e.g. File > Open Sample > napari-pancakes) first")
+            raise ValueError("no image layer chosen: open an image first "
+                             "(e.g. File > Open Sample > Pancakes protocol explorer > Nuclei)")
         if not isinstance(layer, Image):
             raise ValueError(
                 f"layer '{layer.name}' is a {type(layer).__name__} layer; choose an Image layer "

@@ -11,6 +11,8 @@ tracebacks: they end as a ``show_error`` notification and leave the layers as th
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
@@ -18,18 +20,19 @@ from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QFrame,
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -38,12 +41,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..export import export_paths
 from ..model import K_RANGE, M_RANGE
 from .controller import ProtocolController, checksum, compute, tag
 
 # Single-letter viewer shortcuts (letters napari leaves free in 0.9; never Ctrl+Q).
 SHORTCUTS = {"n": "next protocol", "h": "previous protocol", "u": "use the shown protocol"}
 THUMB = 84
+# the shown protocol's thumbnail: a thick, bright frame that reads on any colour map
+CHECKED_STYLE = "QToolButton:checked { border: 3px solid #ffd21f; border-radius: 3px; background: #5a4a00; }"
 PLUGIN_NAME = "napari-pancakes"
 REFINE_WIDGET_NAME = "Click refinement"  # display_name of the refine widget in napari.yaml
 
@@ -61,7 +67,7 @@ def _run_in_thread(controller: ProtocolController, request):
     so that napari never turns them into a traceback dialog."""
     try:
         model = controller.model
-        yield 0, len(request.images)
+        yield "load", 0, len(request.images)
         yield from compute(request, model)
     except Exception as exc:  # reported to the user by _on_returned
         return _Failure(exc)
@@ -86,17 +92,36 @@ class ExplorerWidget(QWidget):
         self._filling_table = False
         self._table_cache = None
         self._shown_slice = None
+        self._table_pending = False  # a table refresh is scheduled for the next event-loop turn
+        self._watched = []  # chosen layers whose data events refresh the table
+        self._run_started = 0.0
+        self._encoded_in_run = False
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(self._build_run_panel())
-        layout.addWidget(self._build_protocol_panel())
-        layout.addWidget(self._build_label_panel())
-        layout.addWidget(self._build_export_panel())
+        # everything in a scroll area: the dock fits a 1366 x 768 screen whatever is expanded
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
+        layout.setContentsMargins(4, 4, 4, 4)
+        for title, panel in (("Run", self._build_run_panel()),
+                             ("Protocols (N next, H previous, U use)", self._build_protocol_panel()),
+                             ("Labels of the chosen protocol", self._build_label_panel()),
+                             ("Export the chosen label map", self._build_export_panel())):
+            layout.addWidget(_section(title, panel))
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumWidth(inner.sizeHint().width() + 24)
 
         layers = self.viewer.layers
         self._connections = [(e, self._refresh_layer_choices)
                              for e in (layers.events.inserted, layers.events.removed, layers.events.reordered)]
+        self._connections.append((layers.events.inserted, self._follow_new_image))
+        self._connections.append((layers.selection.events.active, self._follow_selected_image))
         self._connections.append((self.viewer.dims.events.current_step, self._on_slice_changed))
         for emitter, callback in self._connections:
             emitter.connect(callback)
@@ -107,8 +132,8 @@ class ExplorerWidget(QWidget):
         self.destroyed.connect(lambda *_: _release(viewer, connections))
 
     # ----------------------------------------------------------------- panels
-    def _build_run_panel(self) -> QGroupBox:
-        box = QGroupBox("Run")
+    def _build_run_panel(self) -> QWidget:
+        box = QWidget()
         form = QFormLayout(box)
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("The set: an (S, H, W) stack, one 2D image, RGB, or a (Z, Y, X) volume (set of slices)")
@@ -131,16 +156,18 @@ class ExplorerWidget(QWidget):
         form.addRow(row)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m images")
+        self.progress.setTextVisible(True)
         self.progress.setValue(0)
         form.addRow(self.progress)
         return box
 
-    def _build_protocol_panel(self) -> QGroupBox:
-        box = QGroupBox("Protocols (N next, H previous, U use)")
+    def _build_protocol_panel(self) -> QWidget:
+        box = QWidget()
         layout = QVBoxLayout(box)
         self.gallery = QWidget()
         self.gallery_layout = QGridLayout(self.gallery)
         self.gallery_layout.setContentsMargins(0, 0, 0, 0)
+        self.gallery.setStyleSheet(CHECKED_STYLE)
         self.gallery_buttons: list[QToolButton] = []
         layout.addWidget(self.gallery)
         row = QHBoxLayout()
@@ -149,8 +176,8 @@ class ExplorerWidget(QWidget):
         self.next_button = QPushButton("Next >")
         self.next_button.clicked.connect(lambda: self.step(1))
         self.grid_check = QCheckBox("grid")
-        self.grid_check.setToolTip("napari grid mode: all protocols side by side")
-        self.grid_check.toggled.connect(self.controller.set_grid)
+        self.grid_check.setToolTip("napari grid mode: all protocols side by side, each tile named")
+        self.grid_check.toggled.connect(self.set_grid)
         for w in (self.prev_button, self.next_button, self.grid_check):
             row.addWidget(w)
         layout.addLayout(row)
@@ -160,14 +187,14 @@ class ExplorerWidget(QWidget):
         layout.addWidget(self.choose_button)
         return box
 
-    def _build_label_panel(self) -> QGroupBox:
-        box = QGroupBox("Labels of the chosen protocol")
+    def _build_label_panel(self) -> QWidget:
+        box = QWidget()
         layout = QVBoxLayout(box)
         self.table = QTableWidget(0, 6)
-        self.table.setHorizontalHeaderLabels(["id", "", "name", "in", "px", "area"])
-        for column, tip in ((3, "number of images of the set where the label is present"),
-                            (4, "pixels in the image under the slider"),
-                            (5, "area in the image under the slider, in units of the layer scale")):
+        self.table.setHorizontalHeaderLabels(["id", "", "name", "images", "pixels", "area"])
+        for column, tip in ((3, "images of the set where the label is present / images in the set"),
+                            (4, "pixels of the label in the image under the slider"),
+                            (5, "area of the label in the image under the slider (pixels x pixel area from the layer scale)")):
             self.table.horizontalHeaderItem(column).setToolTip(tip)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.verticalHeader().setVisible(False)
@@ -177,9 +204,14 @@ class ExplorerWidget(QWidget):
         header.setSectionResizeMode(1, QHeaderView.Fixed)
         self.table.setColumnWidth(1, 22)
         header.setSectionResizeMode(2, QHeaderView.Stretch)
-        self.table.setMinimumHeight(160)
+        self.table.setMinimumHeight(120)
+        self.table.setIconSize(QSize(14, 14))
         self.table.itemChanged.connect(self._on_item_changed)
         layout.addWidget(self.table)
+        self.absent_check = QCheckBox("show labels absent from every image")
+        self.absent_check.setToolTip("labels of the protocol that no pixel of the set has (hidden by default)")
+        self.absent_check.toggled.connect(lambda _: self.refresh_table())
+        layout.addWidget(self.absent_check)
         row = QHBoxLayout()
         self.merge_button = QPushButton("Merge selected")
         self.merge_button.clicked.connect(self.merge_selected)
@@ -197,8 +229,8 @@ class ExplorerWidget(QWidget):
         layout.addWidget(self.refine_button)
         return box
 
-    def _build_export_panel(self) -> QGroupBox:
-        box = QGroupBox("Export the chosen label map")
+    def _build_export_panel(self) -> QWidget:
+        box = QWidget()
         layout = QHBoxLayout(box)
         self.format_checks = {fmt: QCheckBox(label) for fmt, label in (("tiff", "TIFF"), ("png", "PNG"), ("nifti", "NIfTI"))}
         self.format_checks["tiff"].setChecked(True)
@@ -223,12 +255,11 @@ class ExplorerWidget(QWidget):
     # ----------------------------------------------------------------- run
     def _refresh_layer_choices(self, event=None) -> None:
         current = self.layer_combo.currentText()
-        names = [ly.name for ly in self.viewer.layers if not tag(ly)]
+        names = [ly.name for ly in self.viewer.layers if _is_input_image(ly)]
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         self.layer_combo.addItems(names)
-        images = [ly.name for ly in self.viewer.layers if type(ly).__name__ == "Image"]
-        keep = current if current in names else (images[-1] if images else (names[-1] if names else ""))
+        keep = current if current in names else (names[-1] if names else "")
         self.layer_combo.setCurrentText(keep)
         self.layer_combo.blockSignals(False)
         if keep != current:
@@ -237,6 +268,18 @@ class ExplorerWidget(QWidget):
         if removed is not None and tag(removed) and not self._adding:  # a protocol/chosen layer was deleted
             self.refresh_gallery()
             self.refresh_table()
+
+    def _follow_new_image(self, event=None) -> None:
+        """A newly added image (opened sample, dropped file) becomes the one to segment."""
+        layer = getattr(event, "value", None)
+        if _is_input_image(layer) and not self.busy:
+            self.layer_combo.setCurrentText(layer.name)
+
+    def _follow_selected_image(self, event=None) -> None:
+        """Selecting an image in the layer list makes it the one to segment."""
+        layer = getattr(event, "value", None)
+        if _is_input_image(layer) and layer.name != self.layer_combo.currentText() and not self.busy:
+            self.layer_combo.setCurrentText(layer.name)
 
     def _on_layer_changed(self, name: str) -> None:
         if name and self.controller.protocols(name):
@@ -266,6 +309,8 @@ class ExplorerWidget(QWidget):
             return False
         self.progress.setRange(0, len(request.images))
         self.progress.setValue(0)
+        self._run_started = time.perf_counter()
+        self._encoded_in_run = False
         self.worker = _run_in_thread(self.controller, request)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_returned)
@@ -283,7 +328,10 @@ class ExplorerWidget(QWidget):
             self.cancel_button.setEnabled(False)
 
     def _on_progress(self, value) -> None:
-        done, total = value
+        phase, done, total = value
+        self._encoded_in_run |= phase == "encode"
+        self.progress.setFormat({"load": "loading the model...", "encode": "network: %v / %m images"}.get(
+            phase, "labelling: %v / %m images"))
         self.progress.setRange(0, total)
         self.progress.setValue(done)
 
@@ -312,7 +360,12 @@ class ExplorerWidget(QWidget):
             if not added:
                 self.notify("kept the previous (edited) protocols; the new run was discarded")
                 return
-            self.notify(f"{len(added)} protocols of '{image_name}' added; N/H step through them, U uses one")
+            seconds = time.perf_counter() - self._run_started
+            how = "" if self._encoded_in_run else " (re-labelled from the cached network output)"
+            single = sum(bool(tag(ly).get("single_label")) for ly in added)
+            note = f"; {single} use only one label (listed last)" if single else ""
+            self.notify(f"{len(added)} protocols of '{image_name}' in {seconds:.1f} s{how}{note}. "
+                        "N / H step through them, U uses the one shown")
             self.refresh_gallery()
             return
         except Exception as exc:  # e.g. the image layer was removed while the worker ran
@@ -346,8 +399,11 @@ class ExplorerWidget(QWidget):
             button.setToolButtonStyle(Qt.ToolButtonTextUnderIcon)
             button.setIcon(QIcon(_pixmap(rgba)))
             button.setIconSize(QSize(size, size))
-            button.setText(str(tag(layer)["protocol"]))
-            button.setToolTip(layer.name)
+            info = tag(layer)
+            used = info.get("labels_in_use")
+            button.setText(f"{info['protocol']}" + ("" if used is None else f" · {used} label" + "s" * (used != 1)))
+            button.setToolTip(f"{layer.name}: {used} of {info['k']} labels in use" + (
+                " - one label everywhere: nothing to see" if info.get("single_label") else ""))
             button.setCheckable(True)
             button.setChecked(i == self.controller.current)
             button.clicked.connect(lambda _=False, i=i: self.show_protocol(i))
@@ -361,6 +417,9 @@ class ExplorerWidget(QWidget):
                 self.refresh_table()
 
     def show_protocol(self, index: int) -> None:
+        if not self.controller.protocols():
+            self.notify("no protocols to step through yet: choose an image and press Run")
+            return
         self.grid_check.setChecked(False)
         self.controller.show_protocol(index)
         for i, button in enumerate(self.gallery_buttons):
@@ -368,6 +427,12 @@ class ExplorerWidget(QWidget):
 
     def step(self, delta: int) -> None:
         self.show_protocol(self.controller.current + delta)
+
+    def set_grid(self, enabled: bool) -> None:
+        """Grid mode with every protocol's name (hence its number) written in its tile."""
+        for layer in self.controller.protocols():
+            layer.name_overlay.visible = bool(enabled)
+        self.controller.set_grid(enabled)
 
     def _bind_keys(self) -> None:
         actions = {"n": lambda viewer: self.step(1), "h": lambda viewer: self.step(-1), "u": lambda viewer: self.choose()}
@@ -383,12 +448,20 @@ class ExplorerWidget(QWidget):
             return
         if chosen is not None:
             self.notify(f"'{chosen.name}' is the working label map: name, merge and export it")
-            # painting with napari's brush changes areas: keep the table in step
-            chosen.events.paint.connect(self._on_paint)
-            self._connections.append((chosen.events.paint, self._on_paint))
+            # painting, click refinement (Accept) or any other change of the pixels changes the
+            # areas: keep the table in step, once per event-loop turn
+            for emitter in (chosen.events.paint, chosen.events.data, chosen.events.set_data, chosen.events.features):
+                emitter.connect(self._schedule_table_refresh)
+                self._connections.append((emitter, self._schedule_table_refresh))
         self.refresh_table()
 
-    def _on_paint(self, event=None) -> None:
+    def _schedule_table_refresh(self, event=None) -> None:
+        if not self._table_pending:
+            self._table_pending = True
+            QTimer.singleShot(0, self._scheduled_table_refresh)
+
+    def _scheduled_table_refresh(self) -> None:
+        self._table_pending = False
         self.refresh_table()
 
     def refresh_table(self) -> None:
@@ -398,10 +471,16 @@ class ExplorerWidget(QWidget):
         except ValueError:
             layer = None
         rows = self._label_rows(layer) if layer is not None else []
+        if not self.absent_check.isChecked():
+            rows = [row for row in rows if row["present_in"] > 0]
         s = self.controller.current_slice(layer) if layer is not None else 0
         unit = _area_unit(layer)
-        self.table.horizontalHeaderItem(5).setText(f"area ({unit})" if unit != "pixel²" else "area")
+        self.table.horizontalHeaderItem(5).setText(f"area ({unit})")
+        # with pixel units and unit scale the area repeats the pixel count: hide it
+        self.table.setColumnHidden(5, layer is None or (unit == "pixel²" and all(float(v) == 1 for v in layer.scale)))
         self._filling_table = True
+        selected = set(self.selected_labels())
+        self.table.clearSelection()
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             n_images = len(row["per_image_pixels"])
@@ -409,12 +488,17 @@ class ExplorerWidget(QWidget):
                 _item(str(row["label"])),
                 _item("", color=row["color"]),
                 _item(row["name"], editable=True),
-                _item(f"{row['present_in']}/{n_images}"),
-                _item(str(row["per_image_pixels"][s])),
-                _item(f"{row['per_image_area'][s]:.4g}"),
+                _item(f"{row['present_in']} / {n_images}"),
+                _item(f"{row['per_image_pixels'][s]:,}"),
+                _item(_format_area(row["per_image_area"][s])),
             ]
             for c, item in enumerate(cells):
+                if c >= 3:
+                    item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self.table.setItem(r, c, item)
+        for r, row in enumerate(rows):  # keep the user's selection across refreshes
+            if row["label"] in selected:
+                _add_row_to_selection(self.table, r)
         self._filling_table = False
 
     def _label_rows(self, layer) -> list[dict]:
@@ -441,14 +525,19 @@ class ExplorerWidget(QWidget):
         return [int(self.table.item(r, 0).text()) for r in rows]
 
     def merge_selected(self) -> None:
-        self._edit(lambda: self.controller.merge(self.selected_labels()))
+        labels = self.selected_labels()
+        if self._edit(lambda: self.controller.merge(labels)):
+            rest = ", ".join(str(v) for v in sorted(labels)[1:])
+            self.notify(f"merged label{'s' * (len(labels) > 2)} {rest} into label {min(labels)}; Undo reverts it")
 
     def selected_to_background(self) -> None:
         labels = self.selected_labels()
         if not labels:
             self.notify("select a label in the table first", error=True)
             return
-        self._edit(lambda: [self.controller.to_background(label) for label in labels])
+        if self._edit(lambda: [self.controller.to_background(label) for label in labels]):
+            self.notify(f"label{'s' * (len(labels) > 1)} {', '.join(map(str, labels))} sent to the background (0); "
+                        "Undo reverts it")
 
     def refine_selected(self):
         """Open (or reuse) the Click refinement dock widget on the chosen label map, its image,
@@ -497,12 +586,15 @@ class ExplorerWidget(QWidget):
         self.notify(f"undid {done}" if done else "nothing to undo")
         self.refresh_table()
 
-    def _edit(self, action) -> None:
+    def _edit(self, action) -> bool:
         try:
             action()
+            ok = True
         except ValueError as exc:
             self.notify(str(exc), error=True)
+            ok = False
         self.refresh_table()
+        return ok
 
     # ----------------------------------------------------------------- export
     def _export_dialog(self) -> None:
@@ -516,8 +608,8 @@ class ExplorerWidget(QWidget):
         try:
             try:
                 written = self.controller.export(stem, formats=formats)
-            except FileExistsError as exc:
-                if not self.confirm(f"{exc}. Overwrite?"):
+            except FileExistsError:
+                if not self.confirm(_overwrite_question(stem, formats, self.controller.working())):
                     self.notify("export cancelled; no file was changed")
                     return None
                 written = self.controller.export(stem, formats=formats, overwrite=True)
@@ -549,6 +641,46 @@ def _release(viewer, connections) -> None:
             pass
 
 
+def _is_input_image(layer) -> bool:
+    """An Image layer the explorer can segment (not one of ours, not Points/Labels/...)."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and not tag(layer)
+
+
+def _section(title: str, content: QWidget) -> QWidget:
+    """A collapsible section (expanded), so a small screen can fold what it does not need."""
+    from superqt import QCollapsible
+
+    section = QCollapsible(title)
+    section.setDuration(0)
+    section.addWidget(content)
+    section.expand(animate=False)
+    return section
+
+
+def _overwrite_question(stem, formats, layer) -> str:
+    n_images = layer.data.shape[0] if layer.ndim == 3 else 1
+    existing = [p.name for group in export_paths(stem, tuple(formats), n_images).values() for p in group if p.exists()]
+    listed = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
+    return f"{len(existing)} of the export files already exist ({listed}). Replace them?"
+
+
+def _format_area(area: float) -> str:
+    """Areas for people: thousands separators, three significant digits for small values."""
+    area = float(area)
+    if area >= 100:
+        return f"{area:,.0f}"
+    return f"{area:.3g}" if area else "0"
+
+
+def _add_row_to_selection(table: QTableWidget, row: int) -> None:
+    from qtpy.QtCore import QItemSelectionModel
+
+    index = table.model().index(row, 0)
+    table.selectionModel().select(index, QItemSelectionModel.Select | QItemSelectionModel.Rows)
+
+
 def _spin(lo: int, hi: int, value: int, tip: str) -> QSpinBox:
     spin = QSpinBox()
     spin.setRange(lo, hi)
@@ -561,8 +693,10 @@ def _item(text: str, editable: bool = False, color=None) -> QTableWidgetItem:
     item = QTableWidgetItem(text)
     flags = Qt.ItemIsSelectable | Qt.ItemIsEnabled | (Qt.ItemIsEditable if editable else Qt.NoItemFlags)
     item.setFlags(flags)
-    if color is not None:
-        item.setBackground(QColor.fromRgbF(*[float(c) for c in color[:3]]))
+    if color is not None:  # an icon, not a background: it stays visible when the row is selected
+        swatch = QPixmap(14, 14)
+        swatch.fill(QColor.fromRgbF(*[float(c) for c in color[:3]]))
+        item.setIcon(QIcon(swatch))
     return item
 
 

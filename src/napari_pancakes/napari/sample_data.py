@@ -38,11 +38,20 @@ def synthetic_blobs(n_images: int = 5, size: int = 192, n_blobs: int = 12, seed:
     return out
 
 
+def contrast_limits(stack: np.ndarray, low: float = 0.5, high: float = 99.8) -> list[float]:
+    """Display range from percentiles of the whole set (dim nuclei are visible, not a dark
+    screen with a uint8 0..255 range); the same for every image so they compare."""
+    lo, hi = (float(v) for v in np.percentile(stack, [low, high]))
+    return [lo, hi] if hi > lo else [float(stack.min()), float(stack.max()) + 1.0]
+
+
 def make_nuclei_sample():
     """npe2 sample_data command: the DSB 2018 nuclei stack as one Image layer."""
-    return [(nuclei_stack(), {"name": "nuclei", "colormap": "gray"}, "image")]
+    stack = nuclei_stack()
+    return [(stack, {"name": "nuclei", "colormap": "gray", "contrast_limits": contrast_limits(stack)}, "image")]
 
 
 def make_blobs_sample():
     """npe2 sample_data command: five synthetic blob images as one (5, H, W) Image layer."""
-    return [(synthetic_blobs(), {"name": "synthetic blobs", "colormap": "gray"}, "image")]
+    stack = synthetic_blobs()
+    return [(stack, {"name": "synthetic blobs", "colormap": "gray", "contrast_limits": contrast_limits(stack)}, "image")]

@@ -66,3 +66,51 @@ def test_cli_sample_with_bundled_weights(tmp_path):
     labels = tifffile.imread(next((out / "protocol_01").glob("*.tif")))
     assert labels.ndim == 3 and labels.max() < 4
     assert (out / "preview.png").exists()
+
+
+def test_cli_checks_outputs_before_running(folder, tmp_path, capsys, monkeypatch):
+    import napari_pancakes.io_weights as io_weights
+
+    monkeypatch.setattr(io_weights, "load_model", lambda *a, **k: pytest.fail("the model ran before the checks"))
+    weights = ["--weights", str(tmp_path / "w.safetensors")]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["segment", str(folder), "--out", str(afile), *weights]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["segment", str(folder), "--out", str(afile / "sub"), *weights]) == 2
+    assert "afile is a file" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    iio.imwrite(other / "a.png", np.zeros((20, 20), np.uint8))
+    assert main(["segment", str(folder / "a.png"), str(other / "a.png"), "--out", str(tmp_path / "o"), *weights]) == 2
+    err = capsys.readouterr().err
+    assert str(folder / "a.png") in err and str(other / "a.png") in err
+    (other / "bad.png").write_bytes(b"not a png at all")
+    assert main(["segment", str(other / "bad.png"), "--out", str(tmp_path / "o"), *weights]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png is not a valid PNG image" in err and "pip install" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_help_message_and_summary_order(folder, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+    out = tmp_path / "one"
+    single = tmp_path / "single"
+    single.mkdir()
+    iio.imwrite(single / "a.png", iio.imread(folder / "a.png"))
+    assert main(["segment", str(single), "--m", "4", "--k", "5", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "segmented 1 image into 4 protocols" in said
+    summary = json.loads((out / "summary.json").read_text())
+    protocols = summary["protocols"]
+    assert [p["protocol"] for p in protocols] == [1, 2, 3, 4]
+    assert sorted(p["model_protocol"] for p in protocols) == [1, 2, 3, 4]
+    key = [(p["single_label"], -p["effective_labels"]) for p in protocols]
+    assert key == sorted(key)
+    for p in protocols:  # the files hold what the summary says
+        labels = iio.imread(out / f"protocol_{p['protocol']:02d}" / "a_labels.png")
+        assert len(np.unique(labels)) >= p["labels_in_use"]
+    preview = iio.imread(out / "preview.png")
+    assert preview.shape[0] > 5 * 130 and preview.shape[1] > 130 + 100  # 1 + 4 rows, a title column

@@ -2,7 +2,8 @@
 
 All inputs together form one set (a 3D volume or a TIFF stack contributes its slices).
 Writes, per protocol, a label file aligned with each input, a preview montage PNG and a
-``summary.json``; refuses to overwrite unless ``--overwrite``.
+``summary.json``; refuses to overwrite unless ``--overwrite``. Protocols are numbered most
+informative first (as in the explorer); ``summary.json`` gives each one's model index.
 """
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
+DESCRIPTION = "Segment a set of images into M candidate protocols of K labels each (Pancakes)."
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .model import K_RANGE, M_RANGE
 
-    parser = argparse.ArgumentParser(prog="napari-pancakes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="napari-pancakes", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment a set of images into M protocols of K labels")
     seg.add_argument("inputs", nargs="*", help="image files or folders (PNG, TIFF, NIfTI)")
     seg.add_argument("--sample", action="store_true", help="segment the bundled sample set (nuclei microscopy)")
     seg.add_argument("--m", type=int, default=8, help=f"protocols, {M_RANGE[0]}..{M_RANGE[1]} (default 8)")
     seg.add_argument("--k", type=int, default=20, help=f"labels per protocol, {K_RANGE[0]}..{K_RANGE[1]} (default 20)")
-    seg.add_argument("--out", required=True, help="output folder")
+    seg.add_argument("--out", required=True, help="output folder (created if missing)")
     seg.add_argument("--seed", type=int, default=0, help="0: canonical protocols; others: other draws")
     seg.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     seg.add_argument("--weights", default=None, help="a .safetensors file (default: bundled weights)")
@@ -48,21 +50,20 @@ def run_segment(args) -> dict:
     from tqdm import tqdm
 
     from . import io
-    from .inference import check_mk, segment_set
+    from .inference import check_mk, label_counts, protocol_order, protocol_stats, segment_set
     from .io_weights import load_model
 
     check_mk(args.m, args.k)
-    paths = sample_inputs() if args.sample else io.expand_inputs(args.inputs)
     if args.sample and args.inputs:
         raise ValueError("give either --sample or input files, not both")
+    paths = sample_inputs() if args.sample else io.expand_inputs(args.inputs)
     out = Path(args.out)
+    check_output_folder(out)
     sources = [io.read_source(p) for p in paths]
+    check_unique_stems([s.path for s in sources])
     targets = [io.label_path(out, s, p) for p in range(args.m) for s in sources]
     targets += [out / "preview.png", out / "summary.json"]
     io.check_writable(targets, args.overwrite)
-    stems = [io.stem_of(s.path) for s in sources]
-    if len(set(stems)) != len(stems):
-        raise ValueError("two inputs share a file name; their outputs would collide - rename one")
 
     members = [sl for s in sources for sl in s.slices]
     model = load_model(args.weights, device=args.device)
@@ -72,7 +73,12 @@ def run_segment(args) -> dict:
                              progress=lambda done, total: bar.update(done - bar.n))
     seconds = time.perf_counter() - t0
     per_image = [labels[:, i] for i in range(labels.shape[1])] if isinstance(labels, np.ndarray) else labels
+    stats = protocol_stats(sum(label_counts(lab, args.k) for lab in per_image))
+    order = protocol_order(stats)  # most informative first, single-label protocols last
+    per_image = [lab[order] for lab in per_image]
+    stats = [stats[p] for p in order]
 
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     start = 0
     for s in sources:
@@ -88,14 +94,73 @@ def run_segment(args) -> dict:
 
     from .preprocess import to_image_list
 
-    iio.imwrite(out / "preview.png", io.montage(to_image_list(members)[0], per_image, args.k))
+    montage = io.montage(to_image_list(members)[0], per_image, args.k)
+    rows = [f"protocol {p + 1}: {st['labels_in_use']} label" + "s" * (st["labels_in_use"] != 1)
+            for p, st in enumerate(stats)]
+    iio.imwrite(out / "preview.png", label_montage(montage, ["images"] + rows, member_names(sources)))
     summary = {
         "inputs": [str(p) for p in paths], "images_in_set": len(members), "m": args.m, "k": args.k,
         "seed": args.seed, "seconds": round(seconds, 3), "label_files": written,
         "weights": args.weights or "bundled",
+        "protocols": [{"protocol": p + 1, "model_protocol": order[p] + 1, **{key: st[key] for key in (
+            "labels_in_use", "effective_labels", "single_label")}} for p, st in enumerate(stats)],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output that cannot be a folder before anything runs (not after the model)."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                what = "--out" if parent == out else f"--out {out}: its parent"
+                raise ValueError(f"{what} {parent} is a file, not a folder; give a folder for the outputs")
+            break
+
+
+def check_unique_stems(paths) -> None:
+    """Outputs are named after the inputs: two inputs with one name would overwrite each other."""
+    from .io import stem_of
+
+    groups: dict[str, list[str]] = {}
+    for p in paths:
+        groups.setdefault(stem_of(Path(p)), []).append(str(p))
+    clashes = [f"{', '.join(ps)} (both '{stem}')" for stem, ps in groups.items() if len(ps) > 1]
+    if clashes:
+        raise ValueError(f"inputs share a file name, so their outputs would collide: {'; '.join(clashes)}; "
+                         "rename one or segment them separately")
+
+
+def member_names(sources) -> list[str]:
+    """One column title per image of the set: the file name, with the slice for stacks/volumes."""
+    names = []
+    for s in sources:
+        name = s.path.name
+        names += [name] if s.kind == "2d" else [f"[{i}] {name}" for i in range(len(s.slices))]
+    return names
+
+
+def label_montage(montage: np.ndarray, row_titles: list[str], column_titles: list[str],
+                  tile: int = 128, gap: int = 2) -> np.ndarray:
+    """The preview with a title on each row (left) and each column (top)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
+    left, top = 150, 22
+    h, w, _ = montage.shape
+    canvas = Image.new("RGB", (w + left, h + top), (255, 255, 255))
+    canvas.paste(Image.fromarray(montage), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for r, title in enumerate(row_titles):
+        draw.text((6, top + r * (tile + gap) + tile // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+    for c, title in enumerate(column_titles[: w // (tile + gap)]):
+        text = title if draw.textlength(title, font=font) <= tile else title[: max(3, tile // 8 - 1)] + "..."
+        draw.text((left + c * (tile + gap) + tile // 2, top // 2), text, fill=(0, 0, 0), font=font, anchor="mm")
+    return np.asarray(canvas)
 
 
 def main(argv=None) -> int:
@@ -114,8 +179,11 @@ def main(argv=None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"napari-pancakes: error: {exc}", file=sys.stderr)
         return 2
-    print(f"segmented {summary['images_in_set']} images into {summary['m']} protocols x {summary['k']} labels "
-          f"in {summary['seconds']:.2f} s; outputs in {args.out} (preview.png, protocol_XX/)")
+    n, m = summary["images_in_set"], summary["m"]
+    single = sum(p["single_label"] for p in summary["protocols"])
+    note = f"; {single} of them use{'s' * (single == 1)} only one label (numbered last)" if single else ""
+    print(f"segmented {n} image{'s' * (n != 1)} into {m} protocol{'s' * (m != 1)} x {summary['k']} labels "
+          f"in {summary['seconds']:.2f} s{note}; outputs in {args.out} (preview.png, protocol_XX/, summary.json)")
     return 0
 
 

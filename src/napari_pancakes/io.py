@@ -80,8 +80,8 @@ def read_source(path: Path) -> Source:
             data = iio.imread(str(path))
     except ValueError:
         raise
-    except Exception as exc:
-        raise ValueError(f"could not read {path}: {exc}") from exc
+    except Exception as exc:  # a decoder's own message (e.g. imageio's "no backend") would mislead
+        raise ValueError(f"{path} is not a valid {s.lstrip('.').upper()} image (it could not be decoded)") from exc
     data = np.squeeze(np.asarray(data))
     is_rgb = data.ndim >= 3 and data.shape[-1] in (3, 4) and data.shape[-1] < min(data.shape[-3:-1])
     spatial = data.ndim - (1 if is_rgb else 0)

@@ -494,7 +494,7 @@ class ExplorerWidget(QWidget):
             ]
             for c, item in enumerate(cells):
                 if c >= 3:
-                    item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(r, c, item)
         for r, row in enumerate(rows):  # keep the user's selection across refreshes
             if row["label"] in selected:

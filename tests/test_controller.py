@@ -49,15 +49,22 @@ def test_run_adds_aligned_protocol_layers(setup):
 def test_rerun_replaces_and_asks_when_edited(setup):
     viewer, image, ctl = setup
     first = ctl.run(image, m=2, k=3)
-    ctl.run(image, m=2, k=3, seed=3)
-    assert len(viewer.layers) == 3 and all(ly not in viewer.layers for ly in first)
+    before = [np.array(ly.data) for ly in first]
+    again = ctl.run(image, m=2, k=4, seed=3)
+    assert len(viewer.layers) == 3 and ctl.protocols() == again
+    assert [ly.name for ly in again] == ["blobs protocol 1 (K=4)", "blobs protocol 2 (K=4)"]
+    assert all(tag(ly)["k"] == 4 and tag(ly)["seed"] == 3 and not is_edited(ly) for ly in again)
+    assert any(not np.array_equal(b, ly.data) for b, ly in zip(before, again))  # new pixels in the layers
+    assert len(ctl.run(image, m=3, k=3)) == 3 and len(viewer.layers) == 4
+    assert len(ctl.run(image, m=1, k=3)) == 1 and len(viewer.layers) == 2  # left-over layers removed
+    ctl.run(image, m=2, k=3)
     painted = ctl.protocols()[0]
     painted.data[0, :4, :4] = 2 if painted.data[0, 0, 0] != 2 else 3
     assert is_edited(painted)
     asked = []
     assert ctl.run(image, m=2, k=3, confirm=lambda msg: asked.append(msg) or False) == []
-    assert asked and painted in viewer.layers  # declined: the edited layers stay
-    assert len(ctl.run(image, m=2, k=3, confirm=True)) == 2 and painted not in viewer.layers
+    assert asked and painted in viewer.layers and is_edited(painted)  # declined: the edited layers stay
+    assert len(ctl.run(image, m=2, k=3, confirm=True)) == 2 and not is_edited(ctl.protocols()[0])
 
 
 def test_choose_rename_merge_background_undo(setup):

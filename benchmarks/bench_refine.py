@@ -1,10 +1,17 @@
-"""Benchmark click refinement with a simulated user on the held-out real sets.
+"""Benchmark click refinement with a simulated user on the leave-out datasets (never trained on).
 
-Reports mean Dice after 0..N clicks starting (a) from nothing and (b) from the best Pancakes
-label of the set (the (m, k) with the highest set Dice), NoC@85/90, and ms per click at
-256x256 on this CPU. Writes benchmarks/results/refine.{md,json}.
+For each dataset of ``LEAVE_OUT`` (read with the one reader at 256 x 256; target = label 1),
+an evenly spaced subset of images, and each predictor (``network``, ``hybrid``,
+``classical`` = seeded random walker, see ``napari_pancakes.refine.session``), three starts:
 
-    python benchmarks/bench_refine.py [--max-images 60] [--clicks 10]
+(a) from nothing, then clicks; (b) from the best Pancakes label of the set (the (m, k) with
+the highest set Dice, shipped Pancakes weights, M=8, K=20), then clicks; (c) a box (the
+target's bounding box), then clicks. The simulated user clicks the largest error region at
+its point farthest from the boundary. Reports Dice after 0..N clicks, NoC@85 / NoC@90
+(capped at N), per dataset and averaged over datasets, and ms per prompt at 256 px.
+Writes ``benchmarks/results/refine.{json,md}`` (``--tag`` adds a suffix).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_refine.py --data ../shared/data --max-images 12
 """
 from __future__ import annotations
 
@@ -18,162 +25,171 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
-# set -> (label id of the target structure, in training?)
-SETS = {"ph2_skin": (1, False), "drive_vessels": (2, False), "jsrt_scr_chest": (1, True), "dsb2018_nuclei": (1, True)}
+MODES = ("a_nothing", "b_pancakes", "c_box")
+MODE_NAMES = {"a_nothing": "(a) nothing", "b_pancakes": "(b) best Pancakes label", "c_box": "(c) box then clicks"}
 
 
-def load_set(name: str, max_images: int | None):
-    from PIL import Image
+def load_leave_out(root, max_images: int | None, cache: Path):
+    from napari_pancakes.training.datasets import LEAVE_OUT, load_real_datasets
 
-    files = sorted((DATA / name / "images").glob("*.png"))
-    if max_images and len(files) > max_images:
-        files = [files[i] for i in np.linspace(0, len(files) - 1, max_images).round().astype(int)]
-    tid = SETS[name][0]
-    images = [np.asarray(Image.open(p)) for p in files]
-    truths = [np.asarray(Image.open(DATA / name / "masks" / p.name)) == tid for p in files]
-    return images, truths
+    real = load_real_datasets(list(LEAVE_OUT), root=root, res=256, cache_dir=cache, mni=False)
+    out = {}
+    for name, ds in real.items():
+        idx = [i for i in range(len(ds)) if (ds.labels[i] == 1).sum() >= 16]
+        if max_images and len(idx) > max_images:
+            idx = [idx[i] for i in np.linspace(0, len(idx) - 1, max_images).round().astype(int)]
+        out[name] = (ds.images[idx].astype(np.float32), ds.labels[idx] == 1, idx)
+    return out
 
 
-def best_labels(images, truths, m: int = 8, k: int = 20):
-    """Per-image initial masks from the best (m, k) candidate of the set, and what produced them."""
+def best_pancakes_labels(images, truths, m: int = 8, k: int = 20):
+    """Per-image masks of the best (m, k) candidate of the set (highest set Dice)."""
+    from napari_pancakes import load_model, segment_set
     from napari_pancakes.metrics import pair_scores
 
-    weights = Path(__file__).resolve().parents[1] / "src" / "napari_pancakes" / "weights" / "pancakes_default.safetensors"
-    if weights.is_file():
-        from napari_pancakes import load_model, segment_set
-
-        labels = segment_set(images, m, k, model=load_model(weights, device="cpu"))
-        source = f"Pancakes ({weights.name}, M={m}, K={k})"
-    else:
-        from napari_pancakes.baselines import kmeans_set
-
-        labels = kmeans_set(images, m, k)
-        source = f"PROXY: set-level intensity k-means baseline (no pancakes_default.safetensors), M={m}, K={k}"
-    preds = labels if isinstance(labels, list) else [labels[:, s] for s in range(labels.shape[1])]
-    scores = pair_scores(preds, truths, k)
+    labels = segment_set(images, m, k, model=load_model(device="cpu"))
+    preds = [labels[:, s] for s in range(labels.shape[1])]
+    scores = pair_scores(preds, list(truths), k)
     bm, bk = np.unravel_index(int(np.argmax(scores)), scores.shape)
-    return [p[bm] == bk for p in preds], source, (int(bm), int(bk)), float(scores[bm, bk])
+    return [p[bm] == bk for p in preds], (int(bm), int(bk)), float(scores[bm, bk])
 
 
-def time_clicks(refiner, n: int = 40) -> dict:
-    """ms per click (model + resampling + threshold) on a 256x256 image, 1 thread vs torch's default."""
-    import torch
+def simulate(session, truth, n_clicks: int, box=None):
+    """Dice after the start (and the box), then after each of ``n_clicks`` clicks; seconds per prompt."""
+    from napari_pancakes.training.simulate import dice
+    from napari_pancakes.training.simulate import next_click
 
-    from napari_pancakes.refine import RefineSession
+    times = []
+    if box is not None:
+        t0 = time.perf_counter()
+        session.set_box(box)
+        times.append(time.perf_counter() - t0)
+    dices = [dice(session.mask, truth)]
+    for _ in range(n_clicks):
+        click = next_click(session.mask, truth)
+        if click is None:
+            dices.append(dices[-1])
+            continue
+        (y, x), positive = click
+        t0 = time.perf_counter()
+        session.add_click(y, x, positive)
+        times.append(time.perf_counter() - t0)
+        dices.append(dice(session.mask, truth))
+    return dices, times
 
-    rng = np.random.default_rng(0)
-    img = rng.random((256, 256)).astype(np.float32)
-    out = {}
-    for threads in (1, None):
-        refiner.cpu_threads = threads
-        s = RefineSession(refiner, img)
-        s.add_click(128, 128, True)  # warm-up
-        ts = []
-        for i in range(n):
-            y, x = rng.integers(0, 256, 2)
-            t0 = time.perf_counter()
-            s.add_click(int(y), int(x), bool(i % 2))
-            ts.append(1000 * (time.perf_counter() - t0))
-        key = "1 thread" if threads == 1 else f"torch default ({torch.get_num_threads()} threads)"
-        out[key] = {"median_ms": round(float(np.median(ts)), 1), "p90_ms": round(float(np.percentile(ts, 90)), 1),
-                    "load_average_1min": round(os.getloadavg()[0], 2)}
-    refiner.cpu_threads = 1
-    return out
+
+def summarise(curves: np.ndarray, times, n: int) -> dict:
+    from napari_pancakes.training.simulate import clicks_to_reach
+
+    return {"dice": [round(float(v), 4) for v in curves.mean(0)],
+            "noc85": round(float(np.mean([clicks_to_reach(c, 0.85, n) for c in curves])), 2),
+            "noc90": round(float(np.mean([clicks_to_reach(c, 0.90, n) for c in curves])), 2),
+            "reached85": round(float(np.mean((curves >= 0.85).any(1))), 3),
+            "ms_per_prompt_median": round(1000 * float(np.median(times)), 1) if times else None}
 
 
 def run(args) -> dict:
     import torch
 
-    from napari_pancakes.refine import clicks_to_reach, load_refiner, simulate_session
+    from napari_pancakes.refine import RefineSession, load_refiner
+    from napari_pancakes.training.datasets import data_root
+    from napari_pancakes.training.refiner import simulate_box
 
-    default_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)  # for the Pancakes / proxy labels; clicks use refiner.cpu_threads
+    torch.set_num_threads(1)
     refiner = load_refiner(args.weights, device="cpu")
-    result = {"weights": str(args.weights or "bundled refiner_default.safetensors"),
-              "weights_meta": {k: v for k, v in refiner.metadata.items() if k != "config"},
-              "clicks": args.clicks, "cpu": platform.processor() or platform.machine(), "sets": {}}
-    for name in args.sets:
-        if not (DATA / name).is_dir():
-            print(f"skip {name}: {DATA / name} not found", file=sys.stderr)
-            continue
-        images, truths = load_set(name, args.max_images)
-        inits, source, pair, set_dice = best_labels(images, truths)
-        entry = {"images": len(images), "target_label": SETS[name][0], "seen_in_training": SETS[name][1],
-                 "initial_source": source, "best_pair": pair, "best_pair_set_dice": round(set_dice, 4)}
-        for mode, starts in (("a_nothing", [None] * len(images)), ("b_best_label", inits)):
-            curves, times = [], []
-            for img, truth, init in zip(images, truths, starts):
-                d, t = simulate_session(refiner, img, truth, args.clicks, initial_mask=init)
-                curves.append(d)
-                times += t
-            curves = np.array(curves)
-            entry[mode] = {
-                "dice": [round(float(v), 4) for v in curves.mean(0)],
-                "noc85": round(float(np.mean([clicks_to_reach(c, 0.85, args.clicks) for c in curves])), 2),
-                "noc90": round(float(np.mean([clicks_to_reach(c, 0.90, args.clicks) for c in curves])), 2),
-                "reached85": round(float(np.mean((curves >= 0.85).any(1))), 3),
-                "reached90": round(float(np.mean((curves >= 0.90).any(1))), 3),
-                "ms_per_click_native_size": round(1000 * float(np.median(times)), 1) if times else None,
-            }
-        a, b = entry["a_nothing"], entry["b_best_label"]
-        entry["first_click_gain_b"] = round(100 * (b["dice"][1] - b["dice"][0]), 2)
-        entry["noc85_ratio_b_over_a"] = round(b["noc85"] / a["noc85"], 3) if a["noc85"] else None
-        result["sets"][name] = entry
-        print(name, json.dumps(entry), flush=True)
-    torch.set_num_threads(default_threads)
-    result["timing_256"] = time_clicks(refiner)
-    result["cpu_count"] = os.cpu_count()
-    return result
+    data = load_leave_out(data_root(args.data), args.max_images, args.cache)
+    res = {"weights": str(args.weights or "bundled refiner_default.safetensors"),
+           "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
+           "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
+           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "sets": {}}
+    for name, (images, truths, idx) in data.items():
+        starts, pair, set_dice = best_pancakes_labels(images, truths)
+        entry = {"images": len(images), "image_indices": [int(i) for i in idx], "best_pair": pair,
+                 "best_pair_set_dice": round(set_dice, 4)}
+        for method in args.methods:
+            entry[method] = {}
+            for mode in MODES:
+                curves, times = [], []
+                for img, truth, start in zip(images, truths, starts):
+                    s = RefineSession(refiner, img, initial_mask=start if mode == "b_pancakes" else None, method=method)
+                    box = simulate_box(truth, None) if mode == "c_box" else None
+                    d, t = simulate(s, truth, args.clicks, box)
+                    curves.append(d)
+                    times += t
+                entry[method][mode] = summarise(np.array(curves), times, args.clicks)
+            print(name, method, {m: entry[method][m]["dice"][5] for m in MODES}, flush=True)
+        res["sets"][name] = entry
+    res["mean"] = {}
+    for method in args.methods:
+        res["mean"][method] = {}
+        for mode in MODES:
+            es = [e[method][mode] for e in res["sets"].values()]
+            res["mean"][method][mode] = {k: [round(float(v), 4) for v in np.mean([e[k] for e in es], 0)]
+                                         if k == "dice" else round(float(np.mean([e[k] for e in es])), 2)
+                                         for k in ("dice", "noc85", "noc90", "reached85")}
+            res["mean"][method][mode]["ms_per_prompt_median"] = round(float(np.median(
+                [e["ms_per_prompt_median"] for e in es])), 1)
+    res["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    return res
 
 
 def to_markdown(res: dict) -> str:
     n = res["clicks"]
-    lines = ["# Click refinement benchmark", "",
-             f"Simulated user (largest error region, farthest-from-boundary point), {n} clicks. "
-             "Dice in %, mean over images. NoC@X: clicks to reach Dice X% (capped at "
-             f"{n} when never reached). Weights: {res['weights']} ({res['weights_meta'].get('iterations', '?')} iterations, "
-             f"{res['weights_meta'].get('train_minutes', '?')} min).", ""]
+    meta = res["weights_meta"]
+    lines = ["# Click refinement benchmark (leave-out datasets)", "",
+             f"Simulated user (largest error region, farthest-from-boundary point), {n} clicks, images at 256 x 256, "
+             f"target = label 1; up to {res['max_images']} evenly spaced images per dataset. Dice in %, mean over images "
+             f"(the mean row: mean over datasets). NoC@X: clicks to reach Dice X% (capped at {n}). (c): Dice at 0 is "
+             f"after the box alone. Refiner weights: {res['weights']} ({meta.get('iterations', '?')} iterations, "
+             f"{meta.get('train_minutes', '?')} min). CPU: {res['cpu_count']} cores, 1 torch thread, load average "
+             f"{res['load_average_1min_end']} at the end.", ""]
     cols = " | ".join(str(i) for i in range(n + 1))
-    lines += [f"| set | start | {cols} | NoC@85 | NoC@90 | reached 85 / 90 |",
-              "|---|---|" + "---|" * (n + 1) + "---|---|---|"]
+    for mode in MODES:
+        lines += [f"## {MODE_NAMES[mode]}", "", f"| dataset | method | {cols} | NoC@85 | NoC@90 | ms/prompt |",
+                  "|---|---|" + "---|" * (n + 1) + "---|---|---|"]
+        rows = list(res["sets"].items()) + [("**mean**", res["mean"])]
+        for name, e in rows:
+            for method in res["methods"]:
+                m = e[method][mode]
+                vals = " | ".join(f"{100 * v:.1f}" for v in m["dice"])
+                lines.append(f"| {name} | {method} | {vals} | {m['noc85']:.2f} | {m['noc90']:.2f} | "
+                             f"{m['ms_per_prompt_median']} |")
+        lines.append("")
+    lines += ["## Best Pancakes label per dataset (start of (b))", "", "| dataset | images | best (m, k) | set Dice |",
+              "|---|---|---|---|"]
     for name, e in res["sets"].items():
-        tag = f"{name}{' (train)' if e['seen_in_training'] else ' (held out)'}"
-        for mode, label in (("a_nothing", "(a) nothing"), ("b_best_label", "(b) best label")):
-            m = e[mode]
-            vals = " | ".join(f"{100 * v:.1f}" for v in m["dice"])
-            lines.append(f"| {tag} | {label} | {vals} | {m['noc85']:.2f} | {m['noc90']:.2f} | "
-                         f"{100 * m['reached85']:.0f}% / {100 * m['reached90']:.0f}% |")
-    lines += ["", "| set | images | initial label source | best (m, k) | set Dice of it | first-click gain (b) | NoC@85 (b)/(a) |",
-              "|---|---|---|---|---|---|---|"]
-    for name, e in res["sets"].items():
-        lines.append(f"| {name} | {e['images']} | {e['initial_source']} | {tuple(e['best_pair'])} | "
-                     f"{100 * e['best_pair_set_dice']:.1f} | {e['first_click_gain_b']:+.1f} | {e['noc85_ratio_b_over_a']} |")
-    t = res["timing_256"]
-    lines += ["", "ms per click at 256x256 on this CPU (model + resampling + threshold): " +
-              ", ".join(f"{k}: median {v['median_ms']} ms (p90 {v['p90_ms']}, 1-min load average {v['load_average_1min']} "
-                        f"on {res.get('cpu_count')} cores)" for k, v in t.items())]
+        lines.append(f"| {name} | {e['images']} | {tuple(e['best_pair'])} | {100 * e['best_pair_set_dice']:.1f} |")
+    lines += ["", "## Targets", "", "| method | Dice@5 (a) | NoC@85 (a) | NoC@85 (b) | (b)/(a) |", "|---|---|---|---|---|"]
+    for method in res["methods"]:
+        a, b = res["mean"][method]["a_nothing"], res["mean"][method]["b_pancakes"]
+        ratio = f"{b['noc85'] / a['noc85']:.2f}" if a["noc85"] else "-"
+        lines.append(f"| {method} | {100 * a['dice'][5]:.1f} | {a['noc85']:.2f} | {b['noc85']:.2f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", nargs="+", default=["ph2_skin", "drive_vessels"], choices=list(SETS))
-    ap.add_argument("--max-images", type=int, default=None, help="evenly spaced subset per set (all by default)")
+    ap.add_argument("--data", default=None, help="data root (default: $NAPARI_PANCAKES_DATA)")
+    ap.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    ap.add_argument("--max-images", type=int, default=12, help="evenly spaced images per dataset (0: all)")
     ap.add_argument("--clicks", type=int, default=10)
+    ap.add_argument("--methods", nargs="+", default=["network", "hybrid", "classical"])
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for the click curves (shared CPUs: 1)")
+    ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skip: data directory {DATA} not found", file=sys.stderr)
+    from napari_pancakes.training.datasets import data_root
+
+    if data_root(args.data) is None or not data_root(args.data).is_dir():
+        print("skip: no data root (--data or $NAPARI_PANCAKES_DATA)", file=sys.stderr)
         return 0
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "refine.json").write_text(json.dumps(res, indent=1))
+    stem = "refine" + (f"-{args.tag}" if args.tag else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     md = to_markdown(res)
-    (args.out / "refine.md").write_text(md)
+    (args.out / f"{stem}.md").write_text(md)
     print(md)
     return 0
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from napari_pancakes.refine import RefineSession, load_refiner, next_click, prompts_from_mask
+from napari_pancakes.refine import RefineSession, load_refiner, prompts_from_mask
 from napari_pancakes.refine.model import DEFAULT_REFINER_WEIGHTS, RefinerNet, save_refiner
-from napari_pancakes.refine.simulate import clicks_to_reach, dice, simulate_session
+from napari_pancakes.training.simulate import clicks_to_reach, dice, next_click, simulate_session
 
 
 @pytest.fixture(scope="module")

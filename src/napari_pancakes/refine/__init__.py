@@ -1,10 +1,7 @@
-"""Click refinement of one chosen label (Qt-free): model, session, prompts, simulated user."""
+"""Refinement of one chosen label (Qt-free): the click network, the predictors, the session, prompts."""
 from .model import Refiner, RefinerConfig, RefinerNet, load_refiner, save_refiner
 from .prompts import prompts_from_mask
-from .session import RefineSession
-from .simulate import clicks_to_reach, next_click, simulate_session
+from .session import METHODS, RefineSession
 
-__all__ = [
-    "Refiner", "RefinerConfig", "RefinerNet", "load_refiner", "save_refiner", "RefineSession",
-    "prompts_from_mask", "next_click", "simulate_session", "clicks_to_reach",
-]
+__all__ = ["Refiner", "RefinerConfig", "RefinerNet", "load_refiner", "save_refiner", "RefineSession", "METHODS",
+           "prompts_from_mask"]

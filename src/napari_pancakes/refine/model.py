@@ -200,9 +200,14 @@ class Refiner:
 
     # --- model calls ---------------------------------------------------------------------
     @torch.inference_mode()
-    def predict_work(self, work_image: np.ndarray, pos_work, neg_work, prior_work) -> np.ndarray:
-        """One forward pass on the working grid; returns (r, r) float32 logits."""
-        x = encode_input(work_image, pos_work, neg_work, prior_work, self.config)
+    def predict_work(self, work_image: np.ndarray, pos_work, neg_work, prior_work, box_work=None,
+                     pos_map: np.ndarray | None = None, neg_map: np.ndarray | None = None) -> np.ndarray:
+        """One forward pass on the working grid; returns (r, r) float32 logits.
+
+        ``box_work``: (y0, x0, y1, x1) in working pixels; ``pos_map``/``neg_map``: scribble maps.
+        """
+        x = encode_input(work_image, pos_work, neg_work, prior_work, self.config, box=box_work,
+                         pos_map=pos_map, neg_map=neg_map)
         before = torch.get_num_threads()
         limit = self.device.type == "cpu" and self.cpu_threads is not None and before != self.cpu_threads
         if limit:

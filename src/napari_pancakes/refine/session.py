@@ -1,45 +1,118 @@
-"""A click session on one image: click history, undo/redo, and the logits fed back each step."""
+"""A refinement session on one image: clicks, a box, scribbles, undo/redo, the logits fed back.
+
+Three predictors (``method``):
+
+- ``"network"``: the click network alone (image, click/scribble maps, box mask, previous logits).
+- ``"hybrid"``: the network's probabilities as the prior of a seeded random walker on the
+  working grid (clicks and scribbles are seeds, the outside of a box is background), so
+  the answer follows image edges where the network is unsure.
+- ``"classical"``: the seeded random walker alone at the image's resolution (the baseline;
+  the image border is background until the first negative click; a starting mask is its prior).
+
+Negative clicks are local: after a negative click, changes are kept only where they touch
+the click's neighbourhood or the connected region under the click; a correct region
+elsewhere is never erased by it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage as ndi
 
-from .model import Refiner, _check_image, _check_points, honour_clicks
+from ..preprocess import normalize_intensity
+from .model import MASK_LOGIT, Refiner, _check_image, _check_points, honour_clicks
+from .walker import border_mask, box_outside, random_walk, seed_disks
+
+METHODS = ("network", "hybrid", "classical")
+HYBRID_LAMBDA = 0.1  # weight of the network prior in the hybrid walker
+HYBRID_BETA = 130.0
+CLASSICAL_PRIOR_LAMBDA = 0.05  # weight of a starting mask in the classical walker
+LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 
 
 @dataclass(frozen=True)
 class SessionState:
-    """One point in the history: the clicks so far and the mask/logits they produced."""
+    """One point in the history: the prompts so far and the mask/logits they produced."""
 
     clicks: tuple[tuple[float, float, bool], ...]
     mask: np.ndarray = field(repr=False)
     logits: np.ndarray | None = field(repr=False)  # working-resolution logits, None = no prior
+    box: tuple[float, float, float, float] | None = None  # (y0, x0, y1, x1) image pixels
+    scribbles: tuple[tuple[tuple[tuple[float, float], ...], bool], ...] = ()  # (points, positive)
+
+
+def _draw_paths(paths, shape) -> np.ndarray:
+    """Bool mask of polylines (sequences of (y, x)) rasterised on a grid of ``shape``."""
+    from skimage.draw import line
+
+    out = np.zeros(shape, bool)
+    h, w = shape
+    for pts in paths:
+        pts = [(int(round(np.clip(y, 0, h - 1))), int(round(np.clip(x, 0, w - 1)))) for y, x in pts]
+        if len(pts) == 1:
+            out[pts[0]] = True
+        for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:]):
+            rr, cc = line(y0, x0, y1, x1)
+            out[rr, cc] = True
+    return out
+
+
+def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: float) -> np.ndarray:
+    """Keep the changes from ``previous`` to ``new`` that touch the disk of ``radius`` around
+    (y, x) or the connected region (of either mask) under it; revert all others."""
+    changed = previous ^ new
+    if not changed.any():
+        return new
+    comp, _ = ndi.label(changed, structure=np.ones((3, 3)))
+    zone = seed_disks([(y, x)], new.shape, radius)
+    iy, ix = int(round(y)), int(round(x))
+    union = previous | new
+    if union[iy, ix]:
+        regions, _ = ndi.label(union, structure=np.ones((3, 3)))
+        zone |= regions == regions[iy, ix]
+    keep = np.unique(comp[zone & changed])
+    keep = keep[keep > 0]
+    out = previous.copy()
+    sel = np.isin(comp, keep)
+    out[sel] = new[sel]
+    return out
 
 
 class RefineSession:
-    """Refine one mask by clicks; each step feeds the previous logits back to the model.
+    """Refine one mask by prompts; each step feeds the previous logits back to the model.
 
     Arguments:
-        refiner: from :func:`load_refiner`.
+        refiner: from :func:`load_refiner` (may be None for ``method="classical"``).
         image: the 2D image (H, W) or (H, W, 3|4), in its own pixels.
         initial_mask: where to start (e.g. the chosen Pancakes label), a bool mask of the
             image's shape; None starts from nothing.
+        method: "network", "hybrid" or "classical" (see the module docstring).
+        local_negative: keep negative clicks local (see :func:`localise`).
     """
 
-    def __init__(self, refiner: Refiner, image, initial_mask=None):
+    def __init__(self, refiner: Refiner | None, image, initial_mask=None, method: str = "hybrid",
+                 local_negative: bool = True):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if refiner is None and method != "classical":
+            raise ValueError(f"method {method!r} needs a refiner (load_refiner())")
         self.refiner = refiner
+        self.method = method
+        self.local_negative = local_negative
         self.image = _check_image(image)
         self.shape = self.image.shape
-        self._work = refiner.prepare(self.image)
+        self._work = refiner.prepare(self.image) if refiner is not None else None
+        self._norm = None  # full-resolution normalised image (classical only)
         if initial_mask is not None:
             initial_mask = np.asarray(initial_mask)
             if initial_mask.shape != self.shape:
                 raise ValueError(f"initial mask has shape {initial_mask.shape}; the image is {self.shape}")
             mask0 = initial_mask > 0 if initial_mask.dtype != bool else initial_mask.copy()
-            logits0 = refiner.prior_to_work(mask0, self.shape)
+            logits0 = refiner.prior_to_work(mask0, self.shape) if refiner is not None else None
         else:
             mask0, logits0 = np.zeros(self.shape, bool), None
+        self._mask0 = mask0 if initial_mask is not None else None
         self._initial = SessionState((), mask0, logits0)
         self._states = [self._initial]
         self._pos = 0  # index of the current state; states after it are redo-able
@@ -58,6 +131,15 @@ class RefineSession:
     def clicks(self) -> list[tuple[float, float, bool]]:
         """Current clicks as (y, x, positive)."""
         return list(self.state.clicks)
+
+    @property
+    def box(self):
+        """Current box (y0, x0, y1, x1) in image pixels, or None."""
+        return self.state.box
+
+    @property
+    def scribbles(self) -> list[tuple[list[tuple[float, float]], bool]]:
+        return [(list(p), s) for p, s in self.state.scribbles]
 
     @property
     def history(self) -> list[SessionState]:
@@ -83,13 +165,42 @@ class RefineSession:
         neg = _check_points(negative, self.shape, "negative")
         if not pos and not neg:
             return self.mask
-        clicks = self.state.clicks + tuple((y, x, True) for y, x in pos) + tuple((y, x, False) for y, x in neg)
-        p = [(y, x) for y, x, s in clicks if s]
-        n = [(y, x) for y, x, s in clicks if not s]
-        r = self.refiner
-        logits = r.predict_work(self._work, r.to_work(p, self.shape), r.to_work(n, self.shape), self.state.logits)
-        mask = honour_clicks(r.upsample(logits, self.shape) > 0, clicks)
-        self._push(SessionState(clicks, mask, logits))
+        st = self.state
+        clicks = st.clicks + tuple((y, x, True) for y, x in pos) + tuple((y, x, False) for y, x in neg)
+        mask, logits = self._predict(clicks, st.box, st.scribbles)
+        if self.local_negative and len(pos) + len(neg) == 1 and neg:
+            mask = localise(st.mask, mask, *neg[0], LOCAL_RADIUS * max(self.shape))
+            mask = honour_clicks(mask, clicks)
+        self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))
+        return mask
+
+    def set_box(self, box) -> np.ndarray:
+        """Set (or replace; None removes) the bounding box (y0, x0, y1, x1) in image pixels."""
+        if box is not None:
+            box = tuple(float(v) for v in box)
+            if len(box) != 4 or not all(np.isfinite(box)):
+                raise ValueError(f"box must be 4 finite numbers (y0, x0, y1, x1); got {box}")
+            h, w = self.shape
+            y0, x0, y1, x1 = box
+            y0, y1 = sorted((float(np.clip(y0, 0, h - 1)), float(np.clip(y1, 0, h - 1))))
+            x0, x1 = sorted((float(np.clip(x0, 0, w - 1)), float(np.clip(x1, 0, w - 1))))
+            if y1 - y0 < 1 or x1 - x0 < 1:
+                raise ValueError("the box is empty (drag a rectangle over the object)")
+            box = (y0, x0, y1, x1)
+        st = self.state
+        mask, logits = self._predict(st.clicks, box, st.scribbles)
+        self._push(SessionState(st.clicks, mask, logits, box, st.scribbles))
+        return mask
+
+    def add_scribble(self, points, positive: bool = True) -> np.ndarray:
+        """Add a scribble: a drawn path of (y, x) image pixels (positive: inside the object)."""
+        pts = tuple(_check_points(points, self.shape, "scribble"))
+        if not pts:
+            return self.mask
+        st = self.state
+        scribbles = st.scribbles + ((pts, bool(positive)),)
+        mask, logits = self._predict(st.clicks, st.box, scribbles)
+        self._push(SessionState(st.clicks, mask, logits, st.box, scribbles))
         return mask
 
     def undo(self) -> np.ndarray:
@@ -104,7 +215,7 @@ class RefineSession:
         return self.mask
 
     def clear(self) -> np.ndarray:
-        """Back to the initial mask with no clicks, as a new (undoable) step."""
+        """Back to the initial mask with no prompts, as a new (undoable) step."""
         if self.state is not self._initial:
             self._push(self._initial)
         return self.mask
@@ -113,3 +224,53 @@ class RefineSession:
         del self._states[self._pos + 1 :]
         self._states.append(state)
         self._pos += 1
+
+    # --- prediction ------------------------------------------------------------------------
+    def _predict(self, clicks, box, scribbles):
+        """(mask at image size, working logits to feed back) for the given prompts."""
+        p = [(y, x) for y, x, s in clicks if s]
+        n = [(y, x) for y, x, s in clicks if not s]
+        if self.method == "classical":
+            return honour_clicks(self._classical(p, n, box, scribbles), clicks), None
+        r = self.refiner
+        res = r.config.resolution
+        to_w = lambda pts: r.to_work(pts, self.shape)  # noqa: E731
+        pw, nw = to_w(p), to_w(n)
+        smaps = [_draw_paths([to_w(pts) for pts, s in scribbles if s == want], (res, res)) for want in (True, False)]
+        box_w = None
+        if box is not None:
+            (y0, x0), (y1, x1) = to_w([box[:2], box[2:]])
+            box_w = (y0, x0, y1, x1)
+        logits = r.predict_work(self._work, pw, nw, self.state.logits, box_w,
+                                smaps[0].astype(np.float32) if smaps[0].any() else None,
+                                smaps[1].astype(np.float32) if smaps[1].any() else None)
+        shown = logits
+        if self.method == "hybrid" and (clicks or scribbles or box is not None):
+            fg = seed_disks(pw, (res, res), 1.0) | smaps[0]
+            bg = seed_disks(nw, (res, res), 1.0) | smaps[1]
+            if box_w is not None:
+                bg |= box_outside(box_w, (res, res))
+            prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=HYBRID_LAMBDA, beta=HYBRID_BETA)
+            shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
+        mask = r.upsample(shown.astype(np.float32), self.shape) > 0
+        return honour_clicks(mask, clicks), logits
+
+    def _classical(self, p, n, box, scribbles):
+        if self._norm is None:
+            self._norm = normalize_intensity(self.image).astype(np.float64)
+        shape = self.shape
+        if not p and not n and not scribbles and box is None:
+            return self._initial.mask.copy()
+        fg = seed_disks(p, shape, 1.5) | _draw_paths([pts for pts, s in scribbles if s], shape)
+        bg = seed_disks(n, shape, 1.5) | _draw_paths([pts for pts, s in scribbles if not s], shape)
+        prior = None
+        if box is not None:
+            bg |= box_outside(box, shape)
+            if not fg.any():
+                fg |= seed_disks([((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)], shape, 1.5)
+        elif self._mask0 is not None:
+            prior = self._mask0.astype(np.float32)
+        elif not bg.any():
+            bg |= border_mask(shape)
+        lam = CLASSICAL_PRIOR_LAMBDA if prior is not None else 0.0
+        return random_walk(self._norm, fg, bg, prior=prior, lam=lam) > 0.5

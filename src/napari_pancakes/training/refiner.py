@@ -37,7 +37,7 @@ from ..refine.model import (
     DEFAULT_REFINER_WEIGHTS, MASK_LOGIT, RefinerConfig, RefinerNet, encode_input, load_refiner, save_refiner,
     with_box_channel,
 )
-from ..refine.simulate import dice, next_click
+from .simulate import dice, next_click
 from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets
 
 STORE = 256  # real data are read at this size and cropped/zoomed to the working resolution

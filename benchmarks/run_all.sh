@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # Re-run every benchmark and evaluation behind the numbers in docs/ and the model card, one after
 # another (they share the CPU; run nothing else meanwhile). Results go to benchmarks/results/.
-#   bash benchmarks/run_all.sh [DATA_DIR]        (default: ../shared/data beside the repository)
+#   bash benchmarks/run_all.sh [DATA_DIR]        (default: $NAPARI_PANCAKES_DATA)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA="${1:-../shared/data}"
+DATA="${1:-${NAPARI_PANCAKES_DATA:?give the dataset folder or set NAPARI_PANCAKES_DATA}}"
 R=benchmarks/results
 mkdir -p "$R"
 export QT_QPA_PLATFORM=offscreen
 python benchmarks/bench_inference.py --out "$R/inference.json" | tee "$R/inference.txt"
-python -m napari_pancakes.training evaluate --out "$R/model_card_eval" --n-sets 10
-python -m napari_pancakes.evaluate "$DATA" --sizes 1,3,5 --sets 10 --sweep --out "$R/eval"
+python -m napari_pancakes.evaluate --data-root "$DATA" --n-sets 8 --sweep --methods pancakes,kmeans,slic,random_init --out "$R/eval"
 python benchmarks/bench_refine.py --out "$R"
 python benchmarks/bench_training.py --steps 20 --features 32 --out "$R/training.json"
 XVFB=""; [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null && XVFB="xvfb-run -a"

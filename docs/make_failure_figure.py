@@ -1,10 +1,10 @@
 """Figure for the model card: best Pancakes label vs best k-means label on held-out sets.
 
-    python docs/make_failure_figure.py [--data ../shared/data] [--out docs/img/failure-modes.png]
+    python docs/make_failure_figure.py [--data-root DIR] [--weights W] [--out docs/img/failure-modes.png]
 
-For each held-out dataset, one set of 3 images containing the target label: rows are the
+For each leave-out dataset, one set of 3 images containing the target label: rows are the
 image, the ground truth, the best (m, k) Pancakes label and the best k-means label (Set Dice
-in the row title). Data are read from ../shared/data (not shipped).
+in the row title). Data come from the one reader (``--data-root`` or $NAPARI_PANCAKES_DATA).
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import numpy as np
 
 from napari_pancakes import load_model, segment_set
 from napari_pancakes.baselines import kmeans_set
-from napari_pancakes.evaluate import load_dataset
 from napari_pancakes.metrics import pair_scores
+from napari_pancakes.training.datasets import load_real_datasets
 
-CASES = (("drive_vessels", 2, "vessels"), ("ph2_skin", 1, "lesion"), ("jsrt_scr_chest", 3, "heart"))
+CASES = (("ph2_skin", 1, "lesion"), ("lung_ct_kaggle2d", 1, "lung"), ("monuseg_nuclei", 1, "nuclei"),
+         ("duke_oct_dme_fluid", 1, "fluid"))
 
 
 def best(labels, truth, k):
@@ -34,14 +35,17 @@ def best(labels, truth, k):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--cache-dir", default="runs/cache")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "img" / "failure-modes.png")
     args = ap.parse_args(argv)
-    model = load_model(device="cpu")
+    model = load_model(args.weights, device="cpu")
+    real = load_real_datasets([c[0] for c in CASES], root=args.data_root, cache_dir=Path(args.cache_dir), mni=False)
     rng = np.random.default_rng(0)
     fig, axes = plt.subplots(4, 3 * len(CASES), figsize=(3 * len(CASES) * 1.6, 4 * 1.7))
     for c, (name, label, what) in enumerate(CASES):
-        images, masks = load_dataset(args.data / name, limit=60)
+        images, masks = real[name].images, real[name].labels
         has = np.flatnonzero((masks == label).reshape(len(masks), -1).sum(1) >= 16)
         idx = rng.choice(has, 3, replace=False)
         imgs, truth = images[idx], masks[idx] == label

@@ -1,194 +1,325 @@
-"""Evaluation harness: Set Dice / IoU / surface distance of Pancakes vs baselines.
+"""The evaluation harness: Pancakes against set-level k-means and per-image SLIC on fixed sets.
 
-``python -m napari_pancakes.evaluate DATA_DIR [--sizes 1,2,3,5] [--m 8 --k 20]``
+``python -m napari_pancakes.evaluate [--data-root DIR] [--weights W] [--out DIR] [--sweep]``
+(also ``napari-pancakes evaluate`` and ``napari-pancakes-train evaluate``).
 
-DATA_DIR is one dataset (``images/NNN.png`` + ``masks/NNN.png`` label ids, 0 = background)
-or a folder of such datasets. For each foreground label, sets of S images that contain it
-are drawn; every method's best (m, k) candidate is scored against that label (paper sec. 4).
-Pancakes treats images independently at inference, so its label maps are computed once per
-image and reused by every set; set-level k-means is refitted on each set.
+Sets come from the one dataset reader (:func:`.training.datasets.load_real_datasets`, data
+root from ``--data-root`` or ``$NAPARI_PANCAKES_DATA``) at the working resolution, plus
+synthetic sets from a seed stream training never uses. For every source, every evaluation
+label and every set size S, ``n_sets`` sets of S images that all contain the label are
+drawn with a fixed seed:
+
+* **leave-out** datasets (``--holdout``, default the campaign's ``LEAVE_OUT``): all images,
+  never trained on; this is the generalisation check;
+* **training** datasets: only their validation split (every 10th image), never trained on,
+  reported apart.
+
+Each method gives (M, S, H, W) label maps (M=8, K=20 by default), scored by Set Dice, Set
+IoU and set surface distance (:mod:`.metrics`). Two content checks run on the leave-out
+images: *shifted-crop agreement* (two crops of one image offset by 24 px; on the pixels
+they share, the share whose labels agree after one-to-one label matching, mean over
+protocols) and *labels in use on a constant image* (the most labels any protocol uses).
+Per-method scores are cached as JSON in the output folder, so baselines (which do not
+change) are computed once. Output: ``results.json`` and ``results.md``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .baselines import kmeans_set, slic_per_image
 from .metrics import pair_scores, set_surface_distance
 
-RESOLUTION = 128
+M, K = 8, 20
+SIZES = (1, 3, 5)
+METHODS = ("pancakes", "kmeans", "slic")
+SHIFT = 24  # px at the working resolution, for the shifted-crop check
+CROP = 96
 
 
-def find_datasets(root: Path) -> list[Path]:
-    root = Path(root)
-    if (root / "images").is_dir() and (root / "masks").is_dir():
-        return [root]
-    found = sorted(d for d in root.iterdir() if (d / "images").is_dir() and (d / "masks").is_dir())
-    if not found:
-        raise ValueError(f"{root} holds no dataset (expected images/ and masks/ folders)")
-    return found
+def evaluation_sets(real: dict, n_sets: int, sizes=SIZES, seed: int = 2024, holdout=(),
+                    synthetic: bool = True) -> list[dict]:
+    """Items (source, group, label, s, images (S, R, R), truth (S, R, R) bool), fixed by ``seed``.
+
+    ``group`` is "leave-out" (all images of a held-out dataset), "training" (the validation
+    split of a training dataset) or "synthetic".
+    """
+    from .training.datasets import MIN_TARGET_PX
+    from .training.synthetic import synthetic_set
+    from .training.train import split_validation
+
+    rng = np.random.default_rng(seed)
+    items = []
+    if synthetic:
+        for s in sizes:
+            for _ in range(n_sets):
+                while True:
+                    images, labels = synthetic_set(rng, s)
+                    counts = np.stack([np.bincount(lab.ravel(), minlength=labels.max() + 1) for lab in labels])
+                    ok = np.flatnonzero((counts >= MIN_TARGET_PX).all(0))
+                    ok = ok[ok > 0]
+                    if ok.size:
+                        v = int(rng.choice(ok))
+                        items.append(dict(source="synthetic", group="synthetic", label=v, s=s, images=images,
+                                          truth=labels == v))
+                        break
+    seen_split = split_validation({k: v for k, v in real.items() if k not in holdout})[1]
+    for name in real:
+        ds = real[name] if name in holdout else seen_split[name]
+        group = "leave-out" if name in holdout else "training"
+        labels = ds.eval_labels(np.arange(len(ds)))
+        for v in [int(x) for x in np.unique(labels) if x > 0]:
+            has = (labels == v).reshape(len(ds), -1).sum(1) >= MIN_TARGET_PX
+            for s in sizes:
+                for _ in range(n_sets):
+                    if ds.stack is None:
+                        pool = np.flatnonzero(has)
+                        if pool.size < s:
+                            break
+                        idx = rng.choice(pool, s, replace=False)
+                    else:  # slices of one volume: neighbouring slices, all containing the label
+                        for _ in range(100):
+                            idx = ds.set_indices(rng, s)
+                            if len(idx) == s and has[idx].all():
+                                break
+                        else:
+                            break
+                    items.append(dict(source=name, group=group, label=v, s=s, images=ds.images[idx],
+                                      truth=labels[idx] == v))
+    return items
 
 
-def load_dataset(folder: Path, resolution: int = RESOLUTION, limit: int | None = None):
-    """Images (N, r, r) float32 and masks (N, r, r) int at the evaluation resolution."""
-    import imageio.v3 as iio
-    from skimage.transform import resize
+def method_functions(weights: Path | str | None, m: int = M, k: int = K) -> dict:
+    """name -> function (S, R, R) images -> (M, S, R, R) labels, for every known method.
 
-    from .preprocess import to_image_list
+    "random_init" is the Pancakes network at its training initialisation (He), the
+    reference that shows what training added.
+    """
+    from .baselines import kmeans_set, slic_per_image
+    from .inference import segment_set
 
-    names = sorted(p.name for p in (folder / "images").glob("*.png") if (folder / "masks" / p.name).exists())
-    if limit:
-        names = names[:limit]
-    images, masks = [], []
-    for n in names:
-        img = to_image_list([iio.imread(folder / "images" / n)])[0][0]
-        msk = np.asarray(iio.imread(folder / "masks" / n))
-        msk = msk[..., 0] if msk.ndim == 3 else msk
-        images.append(resize(img, (resolution, resolution), order=1, anti_aliasing=True, preserve_range=True))
-        masks.append(resize(msk, (resolution, resolution), order=0, anti_aliasing=False, preserve_range=True))
-    return np.asarray(images, np.float32), np.asarray(masks).astype(np.int32)
+    cache: dict = {}
+
+    def model():
+        if "model" not in cache:
+            from .io_weights import load_model
+
+            cache["model"] = load_model(weights, device="cpu")
+        return cache["model"]
+
+    def random_model():
+        if "random" not in cache:
+            import torch
+
+            from .model import Pancakes
+            from .training.train import init_weights
+
+            torch.manual_seed(0)
+            net = Pancakes(model().config)
+            init_weights(net)
+            cache["random"] = net.eval()
+        return cache["random"]
+
+    return {
+        "pancakes": lambda im: segment_set(im, m, k, model=model()),
+        "random_init": lambda im: segment_set(im, m, k, model=random_model()),
+        "kmeans": lambda im: kmeans_set(im, m, k),
+        "slic": lambda im: slic_per_image(im, m, k),
+    }
 
 
-def draw_sets(masks: np.ndarray, size: int, n_sets: int, rng, min_pixels: int = 10):
-    """{label: [index arrays of `size` images containing it]} for every foreground label."""
-    out = {}
-    for lab in np.unique(masks):
-        if lab == 0:
-            continue
-        has = np.flatnonzero((masks == lab).reshape(len(masks), -1).sum(1) >= min_pixels)
-        if len(has) < size:
-            continue
-        out[int(lab)] = [rng.choice(has, size, replace=False) for _ in range(n_sets)]
+def score_item(labels: np.ndarray, truth: np.ndarray, k: int = K) -> tuple[float, float, float]:
+    """Set Dice, Set IoU (fractions) and set surface distance (px) of (M, S, H, W) labels."""
+    dice = float(pair_scores(labels, truth, k, "dice").max())
+    iou = float(pair_scores(labels, truth, k, "iou").max())
+    asd = float(set_surface_distance(labels, truth, k, candidates=5))
+    return dice, iou, asd
+
+
+def matched_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of pixels whose labels agree after matching the label ids of ``a`` and ``b`` one to one."""
+    from scipy.optimize import linear_sum_assignment
+
+    n = int(max(a.max(), b.max())) + 1
+    table = np.bincount(a.ravel().astype(np.int64) * n + b.ravel(), minlength=n * n).reshape(n, n)
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / a.size)
+
+
+def shifted_crop_agreement(fn, images: np.ndarray, shift: int = SHIFT, crop: int = CROP) -> float:
+    """Mean over images and protocols of :func:`matched_agreement` on the shared pixels of two
+    ``crop`` x ``crop`` crops of each image offset by (``shift``, ``shift``).
+
+    A method that follows content labels the shared pixels alike; one that follows position
+    (where a pixel sits in its crop) does not.
+    """
+    scores = []
+    for img in images:
+        a = fn(img[None, :crop, :crop])[:, 0]  # (M, crop, crop)
+        b = fn(img[None, shift:shift + crop, shift:shift + crop])[:, 0]
+        shared_a, shared_b = a[:, shift:, shift:], b[:, :crop - shift, :crop - shift]
+        scores += [matched_agreement(pa, pb) for pa, pb in zip(shared_a, shared_b)]
+    return float(np.mean(scores))
+
+
+def constant_image_labels(fn, size: int = 128) -> int:
+    """Most labels any protocol uses on constant images (black, grey, white); 1 is right."""
+    worst = 0
+    for value in (0.0, 0.5, 1.0):
+        labels = fn(np.full((1, size, size), value, np.float32))
+        worst = max(worst, max(len(np.unique(p)) for p in labels[:, 0]))
+    return worst
+
+
+def summarise(items: list[dict], scores: dict[str, list]) -> list[dict]:
+    """Rows per (source, S): per method, mean over labels of the mean over that label's sets."""
+    rows = []
+    keys = sorted({(it["group"], it["source"], it["s"]) for it in items})
+    for group, source, s in keys:
+        sel = [i for i, it in enumerate(items) if it["source"] == source and it["s"] == s]
+        row = {"group": group, "source": source, "S": s, "n_sets": len(sel)}
+        for method, vals in scores.items():
+            per_label: dict = {}
+            for i in sel:
+                per_label.setdefault(items[i]["label"], []).append(vals[i])
+            means = np.array([np.mean(np.asarray(v, float), 0) for v in per_label.values()])
+            finite = means[np.isfinite(means[:, 2]), 2]
+            row[method] = {"dice": 100 * float(means[:, 0].mean()), "iou": 100 * float(means[:, 1].mean()),
+                           "asd": float(np.median(finite)) if finite.size else None}
+        rows.append(row)
+    return rows
+
+
+def group_means(rows: list[dict], methods) -> dict:
+    """{group: {S: {method: mean Set Dice over sources}}}."""
+    out: dict = {}
+    for group in sorted({r["group"] for r in rows}):
+        for s in sorted({r["S"] for r in rows}):
+            sel = [r for r in rows if r["group"] == group and r["S"] == s]
+            if sel:
+                out.setdefault(group, {})[s] = {m: float(np.mean([r[m]["dice"] for r in sel])) for m in methods}
     return out
 
 
-def _scores(labels_per_image, truth, k):
-    """Set Dice, Set IoU and Set surface distance of one method on one set."""
-    dice = pair_scores(labels_per_image, truth, k, "dice").max()
-    iou = pair_scores(labels_per_image, truth, k, "iou").max()
-    asd = set_surface_distance(labels_per_image, truth, k, candidates=5)
-    return float(dice), float(iou), float(asd)
-
-
-def evaluate_dataset(images, masks, sizes, m, k, n_sets, model, seed=0, methods=("pancakes", "kmeans", "slic")):
-    """{method: {S: {"dice", "iou", "asd", "n"}}} for one dataset."""
-    from .inference import segment_set
-
-    rng = np.random.default_rng(seed)
-    cache = {}
-    if "pancakes" in methods:
-        cache["pancakes"] = list(np.moveaxis(segment_set(images, m, k, model=model), 1, 0))
-    if "slic" in methods:
-        cache["slic"] = list(np.moveaxis(slic_per_image(images, m, k), 1, 0))
-    results = {meth: {} for meth in methods}
-    for size in sizes:
-        sets = draw_sets(masks, size, n_sets, rng)
-        acc = {meth: [] for meth in methods}
-        for lab, index_sets in sets.items():
-            for idx in index_sets:
-                truth = masks[idx] == lab
-                for meth in methods:
-                    if meth == "kmeans":
-                        pred = list(np.moveaxis(kmeans_set(images[idx], m, k, seed=seed), 1, 0))
-                    else:
-                        pred = [cache[meth][i] for i in idx]
-                    acc[meth].append(_scores(pred, truth, k))
-        for meth in methods:
-            arr = np.asarray(acc[meth]) if acc[meth] else np.full((0, 3), np.nan)
-            finite = arr[np.isfinite(arr[:, 2]), 2] if len(arr) else arr
-            results[meth][size] = {
-                "dice": float(arr[:, 0].mean() * 100) if len(arr) else None,
-                "iou": float(arr[:, 1].mean() * 100) if len(arr) else None,
-                "asd": float(np.median(finite)) if len(finite) else None,
-                "n": int(len(arr)),
-            }
-    return results
-
-
-def sweep_mk(images, masks, model, ms=(1, 3, 8, 15), ks=(5, 10, 20, 40), size=3, n_sets=10, seed=0):
-    """Mean Set Dice (x100) of Pancakes over an M x K grid at set size ``size``."""
-    from .inference import segment_set
-
-    rng = np.random.default_rng(seed)
-    sets = draw_sets(masks, size, n_sets, rng)
+def sweep_mk(weights, items: list[dict], ms=(1, 3, 8, 15), ks=(5, 10, 20, 40)) -> dict:
+    """Mean Set Dice (x100) of Pancakes over an M x K grid on the given items (means per source first)."""
     table = {}
     for m in ms:
         for k in ks:
-            per_image = list(np.moveaxis(segment_set(images, m, k, model=model), 1, 0))
-            vals = [pair_scores([per_image[i] for i in idx], masks[idx] == lab, k, "dice").max()
-                    for lab, index_sets in sets.items() for idx in index_sets]
-            table[f"{m}x{k}"] = float(np.mean(vals) * 100) if vals else None
+            fn = method_functions(weights, m, k)["pancakes"]
+            per_source: dict = {}
+            for it in items:
+                per_source.setdefault(it["source"], []).append(pair_scores(fn(it["images"]), it["truth"], k).max())
+            table[f"{m}x{k}"] = 100 * float(np.mean([np.mean(v) for v in per_source.values()]))
     return table
 
 
-def format_markdown(results: dict, sizes, sweep: dict | None = None) -> str:
-    lines = ["| dataset | method | " + " | ".join(f"Set Dice S={s}" for s in sizes) + " | Set IoU S=3 | Set ASD S=3 (px, median) |",
-             "|---|---|" + "---|" * (len(sizes) + 2)]
+def format_markdown(result: dict) -> str:
+    methods = result["methods"]
     fmt = lambda v: "-" if v is None else f"{v:.1f}"
-    for ds, per_method in results.items():
-        for meth, per_size in per_method.items():
-            ref = per_size.get(3) or per_size.get("3") or {}
-            cells = [fmt((per_size.get(s) or per_size.get(str(s)) or {}).get("dice")) for s in sizes]
-            lines.append(f"| {ds} | {meth} | " + " | ".join(cells) + f" | {fmt(ref.get('iou'))} | {fmt(ref.get('asd'))} |")
-    if sweep:
-        lines += ["", "M x K sweep (Pancakes, Set Dice x100, S=3):", ""]
-        for ds, table in sweep.items():
-            ms = sorted({int(key.split('x')[0]) for key in table})
-            ks = sorted({int(key.split('x')[1]) for key in table})
-            lines += [f"**{ds}**", "", "| M \\ K | " + " | ".join(map(str, ks)) + " |", "|---|" + "---|" * len(ks)]
-            lines += [f"| {m} | " + " | ".join(fmt(table.get(f"{m}x{k}")) for k in ks) + " |" for m in ms]
-            lines.append("")
-    return "\n".join(lines)
+    lines = [f"Set Dice x100 (M={result['m']}, K={result['k']}); weights: {result['weights']}", "",
+             "## Means over sources", "", "| group | S | " + " | ".join(methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for group, per_s in result["means"].items():
+        for s, vals in per_s.items():
+            lines.append(f"| {group} | {s} | " + " | ".join(fmt(vals[m]) for m in methods) + " |")
+    lines += ["", "## Per source (Set Dice / Set IoU / set surface distance px, median)", "",
+              "| group | source | S | sets | " + " | ".join(methods) + " |", "|---|---|---|---|" + "---|" * len(methods)]
+    for r in result["rows"]:
+        cells = [f"{fmt(r[m]['dice'])} / {fmt(r[m]['iou'])} / {fmt(r[m]['asd'])}" for m in methods]
+        lines.append(f"| {r['group']} | {r['source']} | {r['S']} | {r['n_sets']} | " + " | ".join(cells) + " |")
+    if result.get("checks"):
+        lines += ["", f"## Content checks ({result.get('checks_on', 'leave-out images')})", "",
+                  "| method | shifted-crop agreement % | most labels on a constant image |", "|---|---|---|"]
+        for meth, c in result["checks"].items():
+            lines.append(f"| {meth} | {100 * c['shifted_crop_agreement']:.1f} | {c['constant_image_labels']} |")
+    if result.get("sweep"):
+        table = result["sweep"]
+        ms = sorted({int(key.split("x")[0]) for key in table})
+        ks = sorted({int(key.split("x")[1]) for key in table})
+        lines += ["", "## M x K sweep (Pancakes, leave-out, S=3)", "", "| M \\ K | " + " | ".join(map(str, ks)) + " |",
+                  "|---|" + "---|" * len(ks)]
+        lines += [f"| {m} | " + " | ".join(fmt(table.get(f"{m}x{k}")) for k in ks) + " |" for m in ms]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(weights: Path | str | None = None, out_dir: Path | str = "runs/eval", methods=METHODS,
+             n_sets: int = 8, sizes=SIZES, holdout=None, data_root: Path | str | None = None,
+             cache_dir: Path | str | None = "runs/cache", sweep: bool = False, checks: bool = True,
+             threads: int = 2, m: int = M, k: int = K, mni: bool = True) -> dict:
+    """Score ``methods`` and write ``results.json`` / ``results.md`` to ``out_dir``; returns the result."""
+    import torch
+
+    from .training.datasets import LEAVE_OUT, load_real_datasets
+
+    torch.set_num_threads(threads)
+    holdout = tuple(LEAVE_OUT if holdout is None else holdout)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    real = load_real_datasets(root=data_root, cache_dir=Path(cache_dir) if cache_dir else None, mni=mni)
+    items = evaluation_sets(real, n_sets, sizes, holdout=holdout)
+    fns = method_functions(weights, m, k)
+    scores, seconds = {}, {}
+    for method in methods:
+        path = out_dir / f"scores-{method}.json"
+        key = {"n_items": len(items), "m": m, "k": k, "weights": str(weights) if method in ("pancakes", "random_init") else None}
+        if path.is_file() and method in ("kmeans", "slic"):
+            cached = json.loads(path.read_text())
+            if all(cached.get(a) == b for a, b in key.items()):
+                scores[method], seconds[method] = cached["scores"], cached["seconds"]
+                continue
+        t0 = time.time()
+        scores[method] = [score_item(fns[method](it["images"]), it["truth"], k) for it in items]
+        seconds[method] = time.time() - t0
+        path.write_text(json.dumps({**key, "seconds": seconds[method], "scores": scores[method]}))
+        print(f"{method}: {len(items)} sets in {seconds[method]:.0f} s", flush=True)
+    rows = summarise(items, scores)
+    result = {"m": m, "k": k, "weights": str(weights or "bundled"), "holdout": list(holdout), "n_sets": n_sets,
+              "methods": list(methods), "seconds": seconds, "rows": rows, "means": group_means(rows, methods)}
+    check_images = [real[name].images[:: max(1, len(real[name]) // 10)][:10] for name in holdout if name in real]
+    result["checks_on"] = "leave-out images" if check_images else "synthetic images (no leave-out data)"
+    if not check_images:
+        check_images = [it["images"][:1] for it in items[:10]]
+    if checks:
+        result["checks"] = {
+            method: {"constant_image_labels": constant_image_labels(fns[method]),
+                     "shifted_crop_agreement": shifted_crop_agreement(fns[method], np.concatenate(check_images))}
+            for method in methods if method in ("pancakes", "kmeans", "random_init")}
+    if sweep and "pancakes" in methods:
+        result["sweep"] = sweep_mk(weights, [it for it in items if it["group"] == "leave-out" and it["s"] == 3])
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "results.md").write_text(format_markdown(result))
+    return result
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m napari_pancakes.evaluate",
+                                          description=__doc__.split("\n\n")[0])
+    csv = lambda text: [t for t in text.split(",") if t]
+    p.add_argument("--weights", default=None, help="safetensors file (default: the bundled weights)")
+    p.add_argument("--out", default="runs/eval", help="folder for results.json, results.md and per-method scores")
+    p.add_argument("--methods", type=csv, default=list(METHODS), help="comma-separated: pancakes,kmeans,slic,random_init")
+    p.add_argument("--n-sets", type=int, default=8, help="sets per (source, label, S)")
+    p.add_argument("--sizes", type=lambda t: [int(v) for v in t.split(",")], default=list(SIZES))
+    p.add_argument("--holdout", type=csv, default=None, help="leave-out datasets (default: the campaign's group)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: $NAPARI_PANCAKES_DATA)")
+    p.add_argument("--cache-dir", default="runs/cache", help="preprocessed-dataset cache")
+    p.add_argument("--sweep", action="store_true", help="also the M x K sweep on the leave-out group")
+    p.add_argument("--no-checks", dest="checks", action="store_false", help="skip the content checks")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--m", type=int, default=M)
+    p.add_argument("--k", type=int, default=K)
+    return p
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m napari_pancakes.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("data_dir")
-    parser.add_argument("--sizes", default="1,2,3,5")
-    parser.add_argument("--m", type=int, default=8)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--sets", type=int, default=20, help="sets drawn per label and set size")
-    parser.add_argument("--limit", type=int, default=None, help="use at most this many images per dataset")
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--sweep", action="store_true", help="also run the M x K sweep")
-    parser.add_argument("--methods", default="pancakes,kmeans,slic")
-    parser.add_argument("--out", default=None, help="write results.json and results.md here")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from .io_weights import load_model
-
-    sizes = [int(s) for s in args.sizes.split(",")]
-    methods = tuple(args.methods.split(","))
-    model = load_model(args.weights, device="cpu")
-    results, sweep = {}, {}
-    t0 = time.perf_counter()
-    for folder in find_datasets(Path(args.data_dir)):
-        images, masks = load_dataset(folder, limit=args.limit)
-        results[folder.name] = evaluate_dataset(images, masks, sizes, args.m, args.k, args.sets, model, args.seed, methods)
-        if args.sweep:
-            sweep[folder.name] = sweep_mk(images, masks, model, seed=args.seed)
-        print(f"{folder.name}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    if len(results) > 1:
-        results["mean"] = {
-            meth: {s: {key: float(np.nanmean([r[meth][s][key] if r[meth][s][key] is not None else np.nan
-                                             for r in results.values()]))
-                       for key in ("dice", "iou", "asd")} for s in sizes}
-            for meth in methods
-        }
-    md = format_markdown(results, sizes, sweep or None)
-    print(md)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"m": args.m, "k": args.k, "sets": args.sets, "weights": args.weights or "bundled",
-                "seconds": round(time.perf_counter() - t0, 1)}
-        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results, "sweep": sweep}, indent=2))
-        (out / "results.md").write_text(md + "\n")
+    args = build_parser().parse_args(argv)
+    result = evaluate(args.weights, args.out, args.methods, args.n_sets, args.sizes, args.holdout, args.data_root,
+                      args.cache_dir, args.sweep, args.checks, args.threads, args.m, args.k)
+    print(format_markdown(result))
     return 0
 
 

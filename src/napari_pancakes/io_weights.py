@@ -78,3 +78,69 @@ def load_model(weights: str | Path | None = None, device: str | torch.device | N
         raise ValueError(f"weights file {path} does not match the Pancakes architecture: {exc}") from exc
     model.metadata = meta
     return model.to(best_device(device)).eval()
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict, rng_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """A resumable training checkpoint as ``path`` (safetensors) plus ``path.json`` (no pickle).
+
+    The safetensors file holds the model (``model.*``), every optimiser state tensor
+    (``optim.<param index>.<name>``) and RNG byte states (``rng.*``); the JSON holds the model
+    config, the optimiser's param groups and scalar state, and ``state`` (step, best score,
+    elapsed time, numpy/python RNG states, run config). Both are written to temporary names
+    first, so a crash never leaves a half-written checkpoint; the JSON goes last and marks
+    the pair complete.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for idx, st in opt["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                tensors[f"optim.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = float(value)
+    for name, value in (rng_tensors or {}).items():
+        tensors[f"rng.{name}"] = value.detach().cpu().contiguous()
+    meta = {"config": model.config.to_dict(), "param_groups": opt["param_groups"], "optim_scalars": scalars,
+            "format": "napari-pancakes-checkpoint/1", **state}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+    json_path = path.with_name(path.name + ".json")
+    tmp_json = json_path.with_name(json_path.name + ".tmp")
+    tmp_json.write_text(json.dumps(meta))
+    tmp_json.replace(json_path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns ``(model_state, optimizer_state, rng_tensors, meta)``: the first two are ready
+    for ``load_state_dict``; ``meta`` is the JSON (config, step, RNG states, ...).
+    """
+    path = Path(path)
+    json_path = path.with_name(path.name + ".json")
+    if not json_path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is incomplete: {json_path.name} is missing")
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"checkpoint metadata {json_path} is not valid JSON ({exc})") from exc
+    tensors, _ = read_weights(path)
+    model_state = {k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")}
+    rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value.to(device)
+    for idx, values in meta.get("optim_scalars", {}).items():
+        for name, value in values.items():
+            state.setdefault(int(idx), {})[name] = torch.tensor(value)
+    return model_state, {"state": state, "param_groups": meta["param_groups"]}, rng, meta

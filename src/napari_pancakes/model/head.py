@@ -26,11 +26,11 @@ import torch.nn.functional as F
 class ImageBranch(nn.Module):
     """``g(phi)``: conv3x3 -> PReLU -> conv3x3, plus a 1x1 skip from ``phi``; unit-norm output."""
 
-    def __init__(self, phi_channels: int, dim: int):
+    def __init__(self, phi_channels: int, dim: int, padding_mode: str = "zeros"):
         super().__init__()
-        self.conv1 = nn.Conv2d(phi_channels, dim, 3, padding=1)
+        self.conv1 = nn.Conv2d(phi_channels, dim, 3, padding=1, padding_mode=padding_mode)
         self.act = nn.PReLU(dim)
-        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1, padding_mode=padding_mode)
         self.skip = nn.Conv2d(phi_channels, dim, 1)
 
     def forward(self, phi: torch.Tensor) -> torch.Tensor:
@@ -62,9 +62,9 @@ class ProtocolHead(nn.Module):
 
     max_scale = 40.0
 
-    def __init__(self, phi_channels: int, code_dim: int, dim: int = 32):
+    def __init__(self, phi_channels: int, code_dim: int, dim: int = 32, padding_mode: str = "zeros"):
         super().__init__()
-        self.image_branch = ImageBranch(phi_channels, dim)
+        self.image_branch = ImageBranch(phi_channels, dim, padding_mode)
         self.code_branch = CodeBranch(code_dim, dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 

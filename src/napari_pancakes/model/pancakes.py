@@ -22,8 +22,9 @@ class PancakesConfig:
     code_dim: int = 16  # J, the length of u_m and of u_k
     head_dim: int = 32  # D, the per-pixel feature length of the head
     resolution: int = 128  # working resolution (pixels per side)
+    padding: str = "zeros"  # conv padding; "reflect" removes the border as a position cue (model/unet.py)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
 
@@ -43,8 +44,8 @@ class Pancakes(nn.Module):
         super().__init__()
         self.config = config or PancakesConfig()
         c = self.config
-        self.f = UNet(c.in_channels, c.features, c.levels, c.phi_channels)
-        self.h = ProtocolHead(c.phi_channels, 2 * c.code_dim, c.head_dim)
+        self.f = UNet(c.in_channels, c.features, c.levels, c.phi_channels, c.padding)
+        self.h = ProtocolHead(c.phi_channels, 2 * c.code_dim, c.head_dim, c.padding)
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) normalised images -> (N, C_phi, H, W) distribution parameters."""

@@ -7,13 +7,19 @@ import torch.nn.functional as F
 
 
 class ConvBlock(nn.Sequential):
-    """Two 3x3 convolutions, each followed by PReLU."""
+    """Two 3x3 convolutions, each followed by PReLU.
 
-    def __init__(self, cin: int, cout: int):
+    ``padding_mode="reflect"`` gives the network no border it can measure position from: a
+    constant image then yields constant features (one label per protocol), and the output
+    moves with the content when the image is shifted. Zero padding (the first weights) lets
+    the network learn where the border is, which it did (blocky, position-driven labels).
+    """
+
+    def __init__(self, cin: int, cout: int, padding_mode: str = "zeros"):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding_mode),
             nn.PReLU(cout),
-            nn.Conv2d(cout, cout, 3, padding=1),
+            nn.Conv2d(cout, cout, 3, padding=1, padding_mode=padding_mode),
             nn.PReLU(cout),
         )
 
@@ -26,15 +32,17 @@ class UNet(nn.Module):
         features: width of every convolution (32 in the paper).
         levels: number of resolutions (4 -> 128, 64, 32, 16 px at 128 px input).
         out_channels: channels of ``phi``.
+        padding_mode: "zeros" or "reflect" (see :class:`ConvBlock`).
     """
 
-    def __init__(self, in_channels: int = 1, features: int = 32, levels: int = 4, out_channels: int = 32):
+    def __init__(self, in_channels: int = 1, features: int = 32, levels: int = 4, out_channels: int = 32,
+                 padding_mode: str = "zeros"):
         super().__init__()
         self.levels = levels
         self.down = nn.ModuleList(
-            [ConvBlock(in_channels if i == 0 else features, features) for i in range(levels)]
+            [ConvBlock(in_channels if i == 0 else features, features, padding_mode) for i in range(levels)]
         )
-        self.up = nn.ModuleList([ConvBlock(2 * features, features) for _ in range(levels - 1)])
+        self.up = nn.ModuleList([ConvBlock(2 * features, features, padding_mode) for _ in range(levels - 1)])
         self.out = nn.Conv2d(features, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--spread-weight", type=float, default=d.spread_weight,
                    help="weight of the feature-spread term that prevents collapse (0: off)")
+    t.add_argument("--binary", dest="dense", action="store_false",
+                   help="the paper's loss: one binary label per set (default: whole derived protocols)")
+    t.add_argument("--pseudo-ratio", type=float, default=d.pseudo_ratio,
+                   help="share of real sets trained on an intensity pseudo-protocol")
+    t.add_argument("--padding", default=d.padding, choices=["zeros", "reflect"], help="conv padding of a new model")
+    t.add_argument("--low-res-steps", type=int, default=d.low_res_steps,
+                   help="train the first N steps at half resolution (progressive resolution)")
     t.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
     t.add_argument("--s-range", type=_pair, default=d.s_range, help="set size range, e.g. 2,5")
     t.add_argument("--m-range", type=_pair, default=d.m_range)
@@ -46,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every-min", type=float, default=d.val_every_min)
     t.add_argument("--val-sets", type=int, default=d.val_sets, help="validation sets per source")
     t.add_argument("--ckpt-every-min", type=float, default=d.ckpt_every_min)
-    t.add_argument("--data-root", default=d.data_root)
+    t.add_argument("--data-root", default=d.data_root, help="dataset folder (default: $NAPARI_PANCAKES_DATA)")
     t.add_argument("--cache-dir", default=d.cache_dir)
     t.add_argument("--features", type=int, default=d.features, help="U-Net width of a new model (paper: 32)")
     t.add_argument("--no-mni", dest="mni", action="store_false", help="leave out the nilearn MNI152 slices")
@@ -55,15 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
 
-    v = sub.add_parser("evaluate", help="Set Dice of weights and baselines (M=8, K=20, S=1,3,5)")
-    v.add_argument("--weights", type=Path, default=None, help="safetensors file (default: the bundled weights)")
-    v.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for per-method scores and summary")
-    v.add_argument("--methods", type=_csv, default=["pancakes", "random_init", "kmeans", "slic"])
-    v.add_argument("--n-sets", type=int, default=30, help="sets per (source, label, S)")
-    v.add_argument("--holdout", type=_csv, default=d.holdout)
-    v.add_argument("--data-root", type=Path, default=Path(d.data_root))
-    v.add_argument("--cache-dir", type=Path, default=Path(d.cache_dir))
-    v.add_argument("--threads", type=int, default=2)
+    from ..evaluate import build_parser as evaluation_parser
+
+    evaluation_parser(sub.add_parser("evaluate", help="the evaluation harness (python -m napari_pancakes.evaluate)"))
 
     c = sub.add_parser("curve", help="plot a run's training loss and validation Set Dice")
     c.add_argument("run", type=Path)
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.command == "train":
         from .train import TrainConfig, train
@@ -83,12 +87,11 @@ def main(argv: list[str] | None = None) -> None:
 
         print(export_checkpoint(args.checkpoint, args.out))
     elif args.command == "evaluate":
-        from .evaluate import evaluate
+        from ..evaluate import main as evaluation_main
 
-        evaluate(args.weights, args.out, args.methods, args.n_sets, args.holdout, args.data_root, args.cache_dir,
-                 args.threads)
+        evaluation_main(argv[1:])
     elif args.command == "curve":
-        from .evaluate import plot_training_curve
+        from .curve import plot_training_curve
 
         print(plot_training_curve(args.run, args.out))
 

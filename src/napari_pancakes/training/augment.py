@@ -150,7 +150,7 @@ def augment_set(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray
     coords = None
     if rng.random() < c.across_affine or rng.random() < c.across_elastic:
         shared = deformation_grid(rng, 1, size, rot=(0, 360) if rng.random() < c.across_affine else 0,
-                                  scale=(0.8, 1.1), shift=0.2 * (rng.random() < c.across_affine),
+                                  scale=(0.7, 1.5), shift=0.3 * (rng.random() < c.across_affine),
                                   elastic=rng.uniform(2, 4) * (rng.random() < c.across_elastic),
                                   elastic_sigma=rng.uniform(6, 8))
         coords = np.repeat(shared, s, 0)

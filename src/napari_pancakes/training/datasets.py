@@ -24,7 +24,10 @@ from ..preprocess import prepare_image, to_image_list
 from .augment import augment_set
 from .synthetic import synthetic_set
 
-DATA_ROOT = Path(__file__).resolve().parents[4] / "shared" / "data"
+DATA_ENV = "NAPARI_PANCAKES_DATA"  # environment variable naming the data root
+# The fixed leave-out group: four modalities (dermoscopy, CT, H&E histology, OCT) that the
+# campaign runs of both networks never train on; their validation is the generalisation check.
+LEAVE_OUT = ("ph2_skin", "lung_ct_kaggle2d", "monuseg_nuclei", "duke_oct_dme_fluid")
 CACHE_VERSION = 1
 MIN_TARGET_PX = 16  # a target must cover at least this many pixels in every member
 MNI_SLICE_WINDOW = 12  # members of an MNI set are slices at most this far apart
@@ -140,28 +143,52 @@ def _cached(cache_dir: Path | None, key: str, build) -> dict[str, np.ndarray]:
     return arrays
 
 
-JSRT_GROUPS = [np.array([0, 1, 1, 2, 3, 3])]  # lungs, heart, clavicles
+# Natural coarsenings of multi-label annotations (label id -> coarse id), the one home of
+# per-dataset settings.
+DATASET_GROUPS = {
+    "jsrt_scr_chest": [np.array([0, 1, 1, 2, 3, 3])],  # lungs, heart, clavicles
+    "covid_cxr_anatomy": [np.array([0, 1, 1, 2, 3])],  # lungs, mediastinum, airways
+    "brats2013_flair": [np.array([0, 1, 1, 1, 1]), np.array([0, 1, 2, 1, 1])],  # whole tumour; core vs oedema
+    "drishti_gs_disc_cup": [np.array([0, 1, 1])],  # whole disc
+    "dental_crown_root": [np.array([0, 1, 1])],  # whole tooth
+}
+JSRT_GROUPS = DATASET_GROUPS["jsrt_scr_chest"]
 
 
-def folder_names(root: Path = DATA_ROOT) -> list[str]:
-    """Names of the dataset folders under ``root`` (empty if it does not exist)."""
-    root = Path(root)
-    if not root.is_dir():
+def data_root(path: str | Path | None = None) -> Path | None:
+    """The folder of ``<name>/{images,masks}`` datasets: ``path`` if given, else ``$NAPARI_PANCAKES_DATA``.
+
+    Returns None when neither is set: callers then train or evaluate on synthetic sets only
+    (nothing is guessed from where the package is installed).
+    """
+    import os
+
+    if path:
+        return Path(path)
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else None
+
+
+def folder_names(root: Path | None = None) -> list[str]:
+    """Names of the dataset folders under ``root`` (empty if it is None or does not exist)."""
+    root = data_root(root)
+    if root is None or not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "images").is_dir() and (p / "masks").is_dir())
 
 
-def load_real_datasets(names: list[str] | None = None, root: Path = DATA_ROOT, res: int = 128,
+def load_real_datasets(names: list[str] | None = None, root: Path | None = None, res: int = 128,
                        cache_dir: Path | None = None, mni: bool = True) -> dict[str, RealDataset]:
     """The requested folders (default: all under ``root``) and, with ``mni``, "mni152"."""
     out: dict[str, RealDataset] = {}
-    for name in names if names is not None else folder_names(root):
+    root = data_root(root)
+    for name in (names if names is not None else folder_names(root)) if root is not None else []:
         folder = Path(root) / name
         if not (folder / "images").is_dir():
             continue
         arrays = _cached(cache_dir, f"{name}-{res}", lambda f=folder: dict(zip(("images", "labels"), _read_folder(f, res))))
         out[name] = RealDataset(name, arrays["images"], arrays["labels"],
-                                groups=JSRT_GROUPS if name == "jsrt_scr_chest" else [])
+                                groups=DATASET_GROUPS.get(name, []))
     if mni:
         try:
             arrays = _cached(cache_dir, f"mni152-{res}", lambda: _read_mni(res))
@@ -173,6 +200,29 @@ def load_real_datasets(names: list[str] | None = None, root: Path = DATA_ROOT, r
     return out
 
 
+def protocol_mapping(rng: np.random.Generator, labels: np.ndarray, groups=(), natural: float = 0.5,
+                     one_vs_rest: float = 0.0) -> np.ndarray | None:
+    """A random protocol over annotated label ids, as a lookup table (label id -> protocol label).
+
+    With probability ``natural`` (when ``groups`` exist) a natural coarsening; otherwise the
+    annotation as is, a random merge into 2..L groups, foreground vs background, or (with
+    probability ``one_vs_rest``) one present label against the rest. None if no label is present.
+    """
+    n = int(labels.max()) + 1
+    u = rng.random()
+    if groups and rng.random() < natural:
+        return groups[rng.integers(len(groups))]
+    if u < one_vs_rest:
+        present = np.flatnonzero(np.bincount(labels.ravel(), minlength=n)[1:]) + 1
+        return (np.arange(n) == rng.choice(present)).astype(np.int64) if present.size else None
+    u = (u - one_vs_rest) / (1 - one_vs_rest)
+    if u < 0.5 or n <= 2:
+        return np.arange(n)
+    if u < 0.85:
+        return rng.integers(0, rng.integers(2, n + 1), n)
+    return (np.arange(n) > 0).astype(np.int64)
+
+
 def derive_target(rng: np.random.Generator, labels: np.ndarray, groups: list[np.ndarray] = (),
                   natural: float = 0.5) -> np.ndarray | None:
     """A binary target (S, H, W) from label maps (S, H, W), or None when no label fits.
@@ -182,16 +232,7 @@ def derive_target(rng: np.random.Generator, labels: np.ndarray, groups: list[np.
     background; the target is one label of that protocol present (>= MIN_TARGET_PX) in
     every member and not covering every pixel.
     """
-    n = int(labels.max()) + 1
-    u = rng.random()
-    if groups and rng.random() < natural:
-        mapping = groups[rng.integers(len(groups))]
-    elif u < 0.5 or n <= 2:
-        mapping = np.arange(n)
-    elif u < 0.85:
-        mapping = rng.integers(0, rng.integers(2, n + 1), n)
-    else:
-        mapping = (np.arange(n) > 0).astype(np.int64)
+    mapping = protocol_mapping(rng, labels, groups, natural)
     protocol = mapping[labels]
     counts = np.stack([np.bincount(p.ravel(), minlength=mapping.max() + 1) for p in protocol])
     ok = np.flatnonzero((counts >= MIN_TARGET_PX).all(0) & (counts < labels[0].size).all(0))
@@ -200,29 +241,93 @@ def derive_target(rng: np.random.Generator, labels: np.ndarray, groups: list[np.
     return protocol == rng.choice(ok)
 
 
+def _compact(protocol: np.ndarray) -> np.ndarray:
+    """Renumber the labels used in (S, H, W) to 0..L-1 (order kept)."""
+    used, inverse = np.unique(protocol, return_inverse=True)
+    return inverse.reshape(protocol.shape).astype(np.int64)
+
+
+def derive_partition(rng: np.random.Generator, labels: np.ndarray, groups: list[np.ndarray] = (),
+                     max_labels: int = 40, natural: float = 0.5) -> np.ndarray | None:
+    """A whole protocol (S, H, W) with labels 0..L-1, 2 <= L <= ``max_labels``, or None.
+
+    The dense counterpart of :func:`derive_target`: the same protocol family (as annotated,
+    a natural coarsening, a random merge, foreground vs background, or one label vs the
+    rest, the paper's binary case), but every resulting label is a target at once
+    (:func:`..loss.best_protocol_partition_loss`). Protocols with more labels than
+    ``max_labels`` are randomly merged down to it.
+    """
+    mapping = protocol_mapping(rng, labels, groups, natural, one_vs_rest=0.15)
+    if mapping is None:
+        return None
+    protocol = _compact(mapping[labels])
+    n_used = int(protocol.max()) + 1
+    if n_used > max_labels:
+        protocol = rng.permutation(np.resize(np.arange(max_labels), n_used))[protocol]  # every group used
+    if protocol.max() < 1:
+        return None
+    return protocol
+
+
+def intensity_partition(rng: np.random.Generator, images: np.ndarray, max_labels: int = 6) -> np.ndarray:
+    """A set-level intensity protocol (S, H, W): quantile levels of the pooled, lightly smoothed set.
+
+    These pseudo-protocols put the family that makes set-level k-means strong (cells,
+    membranes, tissue classes) into the training distribution, for any real image, labelled
+    or not; the learned protocols can then add semantics on top of it.
+    """
+    from scipy import ndimage as ndi
+
+    n_levels = int(rng.integers(2, max_labels + 1))
+    sigma = rng.uniform(0.0, 1.5)
+    smooth = ndi.gaussian_filter(images, (0, sigma, sigma)) if sigma > 0.3 else images
+    edges = np.quantile(smooth, np.sort(rng.uniform(0.05, 0.95, n_levels - 1)))
+    return _compact(np.digitize(smooth, np.unique(edges)))
+
+
 class SetSampler:
     """Training sets: synthetic with probability ``synthetic_ratio``, else a real dataset
-    chosen uniformly; then a derived binary target and within/across-set augmentation."""
+    chosen uniformly; within/across-set augmentation; then a protocol-derived target.
 
-    def __init__(self, real: dict[str, RealDataset], synthetic_ratio: float = 0.5, res: int = 128):
+    ``pseudo_ratio`` of the real sets get an intensity pseudo-protocol instead of one derived
+    from their annotation.
+    """
+
+    def __init__(self, real: dict[str, RealDataset], synthetic_ratio: float = 0.5, res: int = 128,
+                 pseudo_ratio: float = 0.0):
         self.real = list(real.values())
         self.synthetic_ratio = synthetic_ratio if self.real else 1.0
+        self.pseudo_ratio = pseudo_ratio
         self.res = res
 
+    def _draw(self, rng: np.random.Generator, s: int):
+        if rng.random() < self.synthetic_ratio:
+            images, labels = synthetic_set(rng, s, self.res)
+            groups, name = [], "synthetic"
+        else:
+            ds = self.real[rng.integers(len(self.real))]
+            idx = ds.set_indices(rng, s)
+            images, labels, groups, name = ds.images[idx], ds.labels[idx].astype(np.int64), ds.groups, ds.name
+        images, labels = augment_set(rng, images, labels)
+        return images, labels, groups, name
+
     def sample(self, rng: np.random.Generator, s: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """Images (S, R, R) float32, target (S, R, R) float32 and the source name."""
+        """Images (S, R, R) float32, binary target (S, R, R) float32 and the source name."""
         while True:
-            if rng.random() < self.synthetic_ratio:
-                images, labels = synthetic_set(rng, s, self.res)
-                groups, name = [], "synthetic"
-            else:
-                ds = self.real[rng.integers(len(self.real))]
-                idx = ds.set_indices(rng, s)
-                images, labels, groups, name = ds.images[idx], ds.labels[idx].astype(np.int64), ds.groups, ds.name
-            images, labels = augment_set(rng, images, labels)
+            images, labels, groups, name = self._draw(rng, s)
             target = derive_target(rng, labels, groups)
             if target is not None:
                 return images, target.astype(np.float32), name
+
+    def sample_partition(self, rng: np.random.Generator, s: int, max_labels: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Images (S, R, R) float32, protocol labels (S, R, R) int64 in 0..L-1 and the source name."""
+        while True:
+            images, labels, groups, name = self._draw(rng, s)
+            if name != "synthetic" and rng.random() < self.pseudo_ratio:
+                return images, intensity_partition(rng, images, min(6, max_labels)), name + ":intensity"
+            target = derive_partition(rng, labels, groups, max_labels)
+            if target is not None:
+                return images, target, name
 
 
 def validation_sets(real: dict[str, RealDataset], n_per_source: int, s: int = 3, seed: int = 1234,

@@ -59,3 +59,57 @@ def feature_spread(features: torch.Tensor) -> torch.Tensor:
     label covers everything), near 0 when features spread over the sphere.
     """
     return features.float().mean((2, 3)).pow(2).sum(1).mean()
+
+
+def _partition_costs(prob: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Set-mean soft Dice losses (..., K, L) of probabilities (S, ..., K, H, W) against one-hot
+    targets (S, L, H, W), every predicted label k against every target label l."""
+    p = prob.flatten(-2)  # (S, ..., K, P)
+    t = onehot.flatten(-2).to(p.dtype)  # (S, L, P)
+    t = t.reshape(t.shape[0], *([1] * (p.dim() - 3)), *t.shape[1:])  # (S, 1.., L, P)
+    inter = p @ t.transpose(-1, -2)  # (S, ..., K, L)
+    total = p.sum(-1)[..., :, None] + t.sum(-1)[..., None, :]
+    return (1 - (2 * inter + EPS) / (total + EPS)).mean(0)
+
+
+def match_labels(costs) -> tuple[list[int], list[int]]:
+    """One-to-one assignment of target labels to predicted labels minimising the summed cost.
+
+    ``costs`` is (K, L) with K >= L; returns (ks, ls) index lists (Hungarian method)."""
+    from scipy.optimize import linear_sum_assignment
+
+    ks, ls = linear_sum_assignment(costs)
+    return ks.tolist(), ls.tolist()
+
+
+def best_protocol_partition_loss(features: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor,
+                                 labels: torch.Tensor, head_logits) -> tuple[torch.Tensor, int]:
+    """Dense version of eq. 6: every label of a protocol-derived partition is supervised at once.
+
+    The paper trains one (m, k) pair per set and step, so most of the grid gets no signal.
+    Here the target is a whole label map (S, H, W) with labels 0..L-1 (L <= K); within each
+    protocol m its K labels are matched one-to-one to the L target labels (Hungarian, on
+    set-mean soft Dice), the protocol with the lowest mean matched loss wins, and the loss is
+    that mean. A protocol where one label covers everything now scores badly on every other
+    target label, which is what stops collapse without a spread term. Selection runs without
+    autograd; only the winner is recomputed with gradients (the min is exact, as in
+    :func:`best_pair_loss`).
+
+    Returns the loss and the winning protocol index.
+    """
+    n_labels = int(labels.max()) + 1
+    onehot = torch.nn.functional.one_hot(labels.long(), n_labels).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        prob = torch.softmax(head_logits(features.detach(), weights.detach(), bias.detach()).float(), dim=2)
+        costs = _partition_costs(prob, onehot).cpu().numpy()  # (M, K, L)
+    best_m, best_cost, best_match = 0, float("inf"), None
+    for m in range(costs.shape[0]):
+        ks, ls = match_labels(costs[m])
+        cost = float(costs[m][ks, ls].mean())
+        if cost < best_cost:
+            best_m, best_cost, best_match = m, cost, (ks, ls)
+    logits = head_logits(features, weights[best_m:best_m + 1], bias[best_m:best_m + 1])[:, 0]  # (S, K, H, W)
+    prob = torch.softmax(logits.float(), dim=1)
+    pair = _partition_costs(prob, onehot)  # (K, L)
+    ks, ls = best_match
+    return pair[ks, ls].mean(), best_m

@@ -7,7 +7,8 @@ loss (:mod:`.loss`) picks the winning protocol per set without autograd. Checkpo
 a run can be stopped and resumed, also across machines. Validation Set Dice (M=8, K=20,
 S=3, hard labels as at inference) is logged to ``metrics.csv``; the best checkpoint by the
 mean over synthetic and training-dataset validation sets (held-out datasets are logged but
-never used for selection) is kept as ``best.pt`` and ``best.safetensors``.
+never used for selection) is kept as ``best.safetensors``. Checkpoints are safetensors plus
+JSON (:func:`..io_weights.save_checkpoint`), never pickles.
 """
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io_weights import save_weights
+from ..io_weights import load_checkpoint, save_checkpoint, save_weights
 from ..metrics import set_dice
 from ..model import Pancakes, PancakesConfig
-from .datasets import DATA_ROOT, RealDataset, SetSampler, load_real_datasets, validation_sets
-from .loss import best_pair_loss, feature_spread
+from .datasets import LEAVE_OUT, RealDataset, SetSampler, load_real_datasets, validation_sets
+from .loss import best_pair_loss, best_protocol_partition_loss, feature_spread
 
 VAL_M, VAL_K = 8, 20
 
@@ -44,14 +45,18 @@ class TrainConfig:
     device: str = "cpu"
     resume: bool = False
     init: str = ""  # safetensors weights to start a new run from (ignored when resuming)
-    holdout: list[str] = field(default_factory=lambda: ["ph2_skin", "drive_vessels"])
+    holdout: list[str] = field(default_factory=lambda: list(LEAVE_OUT))
     synthetic_ratio: float = 0.5
     batch_sets: int = 4
     lr: float = 1e-4
     warmup: int = 200
     weight_decay: float = 1e-4
     clip: float = 1.0
-    spread_weight: float = 1.0  # anti-collapse term, see SetLoss
+    spread_weight: float = 0.0  # anti-collapse term of the binary loss, see SetLoss
+    dense: bool = True  # supervise whole derived protocols (best_protocol_partition_loss), not one label
+    pseudo_ratio: float = 0.2  # share of real sets with an intensity pseudo-protocol as target
+    padding: str = "reflect"  # conv padding of a new model (PancakesConfig.padding)
+    low_res_steps: int = 0  # progressive resolution: the first steps at half resolution (a quarter of the compute)
     s_range: tuple[int, int] = (2, 5)
     m_range: tuple[int, int] = (5, 15)
     k_range: tuple[int, int] = (5, 40)
@@ -61,7 +66,7 @@ class TrainConfig:
     val_every_min: float = 5.0
     val_sets: int = 12
     ckpt_every_min: float = 5.0
-    data_root: str = str(DATA_ROOT)
+    data_root: str = ""  # "" -> $NAPARI_PANCAKES_DATA (see datasets.data_root)
     cache_dir: str = "runs/cache"
     mni: bool = True
     features: int = 32  # U-Net width (PancakesConfig.features); saved with the weights
@@ -69,6 +74,9 @@ class TrainConfig:
 
 class SetLoss(nn.Module):
     """Batch of sets -> mean set loss; a module so DistributedDataParallel can wrap it.
+
+    Targets are binary maps (the paper's loss, :func:`best_pair_loss`) or, with ``dense``,
+    whole protocols with labels 0..L-1 (:func:`best_protocol_partition_loss`).
 
     ``spread_weight`` adds ``||mean_x G(x)||^2`` per image (G: the unit head features), which
     is 1 when every pixel has the same feature and ~0 when features spread over the sphere.
@@ -79,22 +87,26 @@ class SetLoss(nn.Module):
     with weight 1 it fell to 0.26 in 100 steps).
     """
 
-    def __init__(self, model: Pancakes, spread_weight: float = 1.0):
+    def __init__(self, model: Pancakes, spread_weight: float = 1.0, dense: bool = False):
         super().__init__()
         self.model = model
         self.spread_weight = spread_weight
+        self.dense = dense
 
     def forward(self, x: torch.Tensor, targets: list[torch.Tensor], mks: list[tuple[int, int]]):
         feats = self.model.features(self.model.phi(x))
-        spread = feature_spread(feats)
         losses, start = [], 0
+        set_loss = best_protocol_partition_loss if self.dense else best_pair_loss
         for target, (m, k) in zip(targets, mks):
             s = target.shape[0]
             w, b = self.model.pair_weights(m, k)
-            loss, _ = best_pair_loss(feats[start:start + s], w, b, target, self.model.h.logits)
+            loss, _ = set_loss(feats[start:start + s], w, b, target, self.model.h.logits)
             losses.append(loss)
             start += s
-        return torch.stack(losses).mean() + self.spread_weight * spread
+        total = torch.stack(losses).mean()
+        if self.spread_weight:
+            total = total + self.spread_weight * feature_spread(feats)
+        return total
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -164,19 +176,17 @@ def init_weights(model: nn.Module) -> None:
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
+    """JSON-ready numpy and python RNG states (torch's byte state travels as a tensor)."""
+    version, internal, gauss = random.getstate()
+    return {"numpy": rng.bit_generator.state, "python": [version, list(internal), gauss]}
 
 
-def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+def _set_rng_state(rng: np.random.Generator, state: dict, torch_state: torch.Tensor | None) -> None:
     rng.bit_generator.state = state["numpy"]
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if torch_state is not None:
+        torch.set_rng_state(torch_state.to(torch.uint8))
 
 
 def export_weights(model: Pancakes, path: Path, step: int, cfg: TrainConfig, scores: dict | None = None,
@@ -223,10 +233,10 @@ def train(cfg: TrainConfig) -> dict:
         with (out / "log.txt").open("a") as fh:
             fh.write(line + "\n")
 
-    real = load_real_datasets(root=Path(cfg.data_root), cache_dir=Path(cfg.cache_dir), mni=cfg.mni)
+    real = load_real_datasets(root=cfg.data_root or None, cache_dir=Path(cfg.cache_dir), mni=cfg.mni)
     held = {k: v for k, v in real.items() if k in cfg.holdout}
     train_real, val_real = split_validation({k: v for k, v in real.items() if k not in cfg.holdout})
-    sampler = SetSampler(train_real, cfg.synthetic_ratio)
+    sampler = SetSampler(train_real, cfg.synthetic_ratio, pseudo_ratio=cfg.pseudo_ratio)
     trained_on = ["synthetic"] + sorted(train_real)
     val = validation_sets({**val_real, **held}, cfg.val_sets) if main_proc else {}
 
@@ -238,41 +248,43 @@ def train(cfg: TrainConfig) -> dict:
 
         model = load_model(cfg.init, device="cpu")
     else:
-        model = Pancakes(PancakesConfig(features=cfg.features))
+        model = Pancakes(PancakesConfig(features=cfg.features, padding=cfg.padding))
         init_weights(model)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, elapsed_before = 0, -1.0, 0.0
-    last_ckpt = out / "last.pt"
-    if cfg.resume and last_ckpt.is_file():
-        ck = torch.load(last_ckpt, map_location=device, weights_only=False)
+    last_ckpt = out / "last.safetensors"
+    if cfg.resume and (out / "last.safetensors.json").is_file():
+        model_state, opt_state, rng_tensors, ck = load_checkpoint(last_ckpt, device)
         model = Pancakes(PancakesConfig(**ck["config"])).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        model.load_state_dict(model_state)
+        opt.load_state_dict(opt_state)
         step, best, elapsed_before = ck["step"], ck["best"], ck.get("elapsed", 0.0)
-        _set_rng_state(rng, ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0])
+        mine = rank if rank < len(ck["rng"]) else 0
+        _set_rng_state(rng, ck["rng"][mine], rng_tensors.get(f"torch{mine}"))
         if main_proc:
             report(f"resumed from {last_ckpt} at step {step} (best {best:.4f})")
-    loss_module: nn.Module = SetLoss(model, cfg.spread_weight)
+    loss_module: nn.Module = SetLoss(model, cfg.spread_weight, cfg.dense)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         loss_module = DistributedDataParallel(loss_module, device_ids=[local_rank] if device.type == "cuda" else None)
 
     def checkpoint(path: Path, scores: dict | None = None) -> None:
-        rngs = [_rng_state(rng)]
+        states = [(_rng_state(rng), torch.get_rng_state())]
         if world > 1:
             import torch.distributed as dist
 
             gathered = [None] * world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
+            dist.all_gather_object(gathered, states[0])
+            states = gathered
+        rngs, torch_states = [s[0] for s in states], [s[1] for s in states]
         if main_proc:
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
-                          "elapsed": elapsed_before + time.time() - t0, "rng": rngs,
-                          "config": model.config.to_dict(), "train_config": asdict(cfg),
-                          "trained_on": trained_on, "scores": scores}, path)
+            save_checkpoint(path, model, opt,
+                            {"step": step, "best": best, "elapsed": elapsed_before + time.time() - t0, "rng": rngs,
+                             "train_config": asdict(cfg), "trained_on": trained_on, "scores": scores},
+                            {f"torch{i}": t for i, t in enumerate(torch_states)})
 
     def run_validation() -> dict:
         nonlocal best
@@ -289,7 +301,7 @@ def train(cfg: TrainConfig) -> dict:
         report("val " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if score > best:
             best = score
-            checkpoint(out / "best.pt", scores)
+            checkpoint(out / "best_state.safetensors", scores)
             export_weights(model, out / "best.safetensors", step, cfg, scores, trained_on)
         return scores
 
@@ -323,12 +335,18 @@ def train(cfg: TrainConfig) -> dict:
         images, targets, mks = [], [], []
         for _ in range(cfg.batch_sets):
             s = int(rng.integers(cfg.s_range[0], cfg.s_range[1] + 1))
-            img, tgt, _ = sampler.sample(rng, s)
+            m, k = int(rng.integers(cfg.m_range[0], cfg.m_range[1] + 1)), int(rng.integers(cfg.k_range[0], cfg.k_range[1] + 1))
+            if cfg.dense:
+                img, tgt, _ = sampler.sample_partition(rng, s, max_labels=k)
+            else:
+                img, tgt, _ = sampler.sample(rng, s)
             images.append(img)
             targets.append(torch.from_numpy(tgt).to(device))
-            mks.append((int(rng.integers(cfg.m_range[0], cfg.m_range[1] + 1)),
-                        int(rng.integers(cfg.k_range[0], cfg.k_range[1] + 1))))
+            mks.append((m, k))
         x = torch.from_numpy(np.concatenate(images))[:, None].to(device)
+        if step < cfg.low_res_steps:  # progressive resolution: 2x2 mean of images, every other pixel of targets
+            x = torch.nn.functional.avg_pool2d(x, 2)
+            targets = [t[:, ::2, ::2].contiguous() for t in targets]
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         with autocast:
@@ -358,10 +376,10 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def export_checkpoint(checkpoint: Path, path: Path) -> Path:
-    """Safetensors weights from a ``.pt`` checkpoint written by :func:`train`."""
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    """Model-only safetensors weights (what the package ships) from a training checkpoint."""
+    model_state, _, _, ck = load_checkpoint(checkpoint)
     model = Pancakes(PancakesConfig(**ck["config"]))
-    model.load_state_dict(ck["model"])
+    model.load_state_dict(model_state)
     cfg = TrainConfig(**{k: tuple(v) if k.endswith("_range") else v for k, v in ck["train_config"].items()})
     trained_on = ck.get("trained_on", [])
     return export_weights(model, Path(path), ck["step"], cfg, ck.get("scores"), trained_on)

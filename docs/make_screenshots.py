@@ -1,14 +1,16 @@
-"""Regenerate the documentation screenshots of the real napari widgets.
+"""Regenerate the documentation screenshots of the real napari widgets from a user's journey.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [--weights PATH] [--out docs/img]
 
-Opens a napari viewer, loads the bundled nuclei sample through the plugin, docks the protocol
-explorer, runs it with the paper defaults (M=8, K=20) and writes, into ``--out``:
+Opens a 1366 x 768 napari window, docks the protocol explorer, opens the bundled nuclei
+sample through the plugin and walks :func:`journey` (the same steps ``tests/test_explorer.py``
+checks end to end) with the paper defaults (M=8, K=20), writing into ``--out``:
 
 - ``explorer-protocols.png``: the gallery after the run, one protocol shown alone;
-- ``explorer-grid.png``: grid mode, every protocol in its own tile;
+- ``explorer-grid.png``: grid mode, every protocol in its own tile, named;
 - ``explorer-chosen.png``: a protocol chosen, the nuclei label renamed "nucleus" in the table;
-- ``refine.png``: *Refine label...* on that label, a session open, two clicks and the preview.
+- ``refine.png``: *Refine label...* on that label, a session open, two clicks and the preview;
+- ``explorer-accepted.png``: after Accept, the label table with the refined areas.
 
 Nothing depends on hard-coded pixel positions: the protocol, the label, the image of the set
 and the two clicks are all derived from the image and the label maps (see ``pick_*`` below).
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-WINDOW_SIZE = (1500, 950)  # width, height of the napari window in the screenshots
+WINDOW_SIZE = (1366, 768)  # width, height of the napari window: a small laptop screen
 NEW_NAME = "nucleus"
 
 
@@ -155,120 +157,170 @@ def pick_clicks(label_mask: np.ndarray, bright: np.ndarray) -> list[tuple[int, i
     return clicks
 
 
+# --------------------------------------------------------------------- the journey
+def row_of(explorer, label: int) -> int | None:
+    """Row of ``label`` in the explorer's label table (None when it is not listed)."""
+    for r in range(explorer.table.rowCount()):
+        if int(explorer.table.item(r, 0).text()) == label:
+            return r
+    return None
+
+
+def journey(viewer, explorer, export_stem: Path, m: int = 8, k: int = 20, timeout: float = 900.0):
+    """A first-time user's session, driven through the real widgets; a generator that yields
+    ``(step, info)`` after each step so that a test can check what the user would check and
+    this script can take the screenshots. Steps: sample, run, browse, grid, chosen, renamed,
+    merged, undone, refining, accepted, exported, reopened, rerun."""
+    from napari_pancakes.napari.refine_widget import RefineWidget
+
+    viewer.open_sample("napari-pancakes", "nuclei")  # after docking: the image box must follow
+    image = viewer.layers["nuclei"]
+    bright = bright_mask(image.data)
+    s = int(np.argmax(bright.reshape(len(bright), -1).sum(1)))  # the image with the most nuclei
+    viewer.dims.set_current_step(0, s)
+    viewer.reset_view()
+    yield "sample", {"image": image, "slice": s}
+
+    explorer.m_spin.setValue(m)
+    explorer.k_spin.setValue(k)
+    explorer.run_button.click()
+    if not explorer.busy:
+        raise RuntimeError(f"the run did not start: {explorer.last_message}")
+    t0 = time.monotonic()
+    wait_until(lambda: not explorer.busy, timeout, "the run to finish")
+    protocols = explorer.controller.protocols(image.name)
+    yield "run", {"protocols": protocols, "seconds": time.monotonic() - t0}
+
+    index, label, iou = pick_protocol(protocols, bright)
+    explorer.gallery_buttons[index].click()
+    viewer.reset_view()
+    yield "browse", {"index": index, "label": label, "iou": iou}
+
+    explorer.grid_check.setChecked(True)
+    yield "grid", {}
+    explorer.grid_check.setChecked(False)
+
+    explorer.show_protocol(index)
+    explorer.choose_button.click()
+    chosen = explorer.controller.working()
+    yield "chosen", {"chosen": chosen, "label": label}
+
+    explorer.table.item(row_of(explorer, label), 2).setText(NEW_NAME)  # as a double-click edit would
+    explorer.table.selectRow(row_of(explorer, label))
+    explorer.table.scrollToItem(explorer.table.item(row_of(explorer, label), 0))
+    chosen.selected_label = label
+    yield "renamed", {"chosen": chosen, "label": label}
+
+    others = [int(explorer.table.item(r, 0).text()) for r in range(explorer.table.rowCount())]
+    pair = sorted([label, next(v for v in others if v != label)])
+    explorer.table.clearSelection()
+    for v in pair:
+        from qtpy.QtCore import QItemSelectionModel
+
+        index_ = explorer.table.model().index(row_of(explorer, v), 0)
+        explorer.table.selectionModel().select(index_, QItemSelectionModel.Select | QItemSelectionModel.Rows)
+    before = np.array(chosen.data)
+    explorer.merge_button.click()
+    yield "merged", {"chosen": chosen, "pair": pair, "before": before}
+
+    explorer.undo_button.click()
+    yield "undone", {"chosen": chosen, "before": before}
+
+    explorer.table.clearSelection()
+    explorer.table.selectRow(row_of(explorer, label))
+    explorer.refine_button.click()
+    refine = next((w for w in viewer.window.dock_widgets.values() if isinstance(w, RefineWidget)), None)
+    if refine is None:
+        raise RuntimeError(f"'Refine label...' docked no RefineWidget: {explorer.last_message}")
+    refine.buttons["Refine"].click()
+    if refine.session is None:
+        raise RuntimeError(f"the refinement did not start: {refine.last_message}")
+    _, labels_layer, s_refine, _ = refine._target
+    label_mask = np.asarray(labels_layer.data[s_refine]) == label
+    clicks = pick_clicks(label_mask, bright[s_refine])
+    for y, x, positive in clicks:
+        if not refine.click_world(labels_layer.data_to_world((s_refine, y, x)), positive=positive):
+            raise RuntimeError(f"click at {(y, x)} refused: {refine.last_message}")
+    wait_until(lambda: refine.worker is None and not refine._pending and len(refine.session.clicks) == len(clicks),
+               120, "the refinement clicks")
+    yield "refining", {"refine": refine, "slice": s_refine, "clicks": clicks}
+
+    if not refine.accept():
+        raise RuntimeError(f"accept failed: {refine.last_message}")
+    wait_until(lambda: not explorer._table_pending, 10, "the label table")
+    yield "accepted", {"chosen": chosen, "label": label, "slice": s_refine}
+
+    written = explorer.export_to(str(export_stem), formats=["tiff"])
+    yield "exported", {"written": written, "chosen": chosen}
+
+    viewer.open(str(written["names"][0]), plugin="napari-pancakes")
+    yield "reopened", {"layer": viewer.layers[-1], "chosen": chosen}
+
+    viewer.layers.selection.active = image
+    explorer.seed_spin.setValue(1)
+    explorer.run_button.click()
+    wait_until(lambda: not explorer.busy, timeout, "the re-run to finish")
+    yield "rerun", {"chosen": chosen, "image": image}
+
+
 # --------------------------------------------------------------------- main
+SHOTS = {"browse": "explorer-protocols.png", "grid": "explorer-grid.png", "renamed": "explorer-chosen.png",
+         "refining": "refine.png", "accepted": "explorer-accepted.png"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=None, help="Pancakes .safetensors weights (default: bundled, "
                                                         "or a random-init model when they do not exist)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "img"), help="output folder")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the run")
+    parser.add_argument("--only", default=None, help="comma-separated file names of SHOTS to write (default: all)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.only.split(",")) if args.only else set(SHOTS.values())
+
+    import tempfile
 
     import napari
     import torch
 
     from napari_pancakes.napari.explorer import ExplorerWidget
-    from napari_pancakes.napari.refine_widget import PREVIEW_NAME, POINTS_NAME, RefineWidget
 
     torch.set_num_threads(1)  # shared machines: one core is enough for six 256 x 256 images
     model, source = make_model(args.weights)
     print(f"model: {source}")
 
     viewer = napari.Viewer(title="napari-pancakes", show=True)
-    viewer.window._qt_window.resize(*WINDOW_SIZE)
-    viewer.open_sample("napari-pancakes", "nuclei")
-    image_layer = viewer.layers["nuclei"]
+    window = viewer.window._qt_window
+    window.resize(*WINDOW_SIZE)
     _, explorer = viewer.window.add_plugin_dock_widget("napari-pancakes", "Protocol explorer")
     if not isinstance(explorer, ExplorerWidget):
         sys.exit(f"error: the docked widget is a {type(explorer).__name__}, not an ExplorerWidget")
     explorer.controller._model = model  # the controller loads the bundled weights only when it has none
     explorer.confirm = lambda message: True  # never block on a dialog
 
-    # the image of the set shown in every screenshot: the one with the most nuclei pixels
-    bright = bright_mask(image_layer.data)
-    s = int(np.argmax(bright.reshape(len(bright), -1).sum(1)))
-    viewer.dims.set_current_step(0, s)
-    viewer.reset_view()
-
-    # ---- run, M=8, K=20 (the paper's defaults)
-    explorer.layer_combo.setCurrentText(image_layer.name)
-    explorer.m_spin.setValue(8)
-    explorer.k_spin.setValue(20)
-    explorer.run_button.click()
-    if not explorer.busy:
-        sys.exit(f"error: the run did not start: {explorer.last_message}")
-    t0 = time.monotonic()
-    wait_until(lambda: not explorer.busy, args.timeout, "the run to finish")
-    protocols = explorer.controller.protocols(image_layer.name)
-    if len(protocols) != 8:
-        sys.exit(f"error: expected 8 protocol layers, got {len(protocols)} ({explorer.last_message})")
-    print(f"run finished in {time.monotonic() - t0:.1f} s: {explorer.last_message}")
-
-    index, label, iou = pick_protocol(protocols, bright)
-    print(f"protocol {index + 1}, label {label} matches the nuclei best (IoU {iou:.2f})")
-
-    # ---- 1. the gallery, one protocol shown alone
-    explorer.gallery_buttons[index].click()
-    viewer.reset_view()
-    clear_notifications(viewer)
-    shoot(viewer, out / "explorer-protocols.png")
-
-    # ---- 2. grid mode
-    explorer.grid_check.setChecked(True)
-    clear_notifications(viewer)
-    shoot(viewer, out / "explorer-grid.png")
-    explorer.grid_check.setChecked(False)
-
-    # ---- 3. choose it, rename the nuclei label, select its row
-    explorer.show_protocol(index)
-    explorer.choose_button.click()
-    chosen = explorer.controller.working()
-    row = next(r for r in range(explorer.table.rowCount()) if int(explorer.table.item(r, 0).text()) == label)
-    explorer.table.item(row, 2).setText(NEW_NAME)  # as a double-click edit would: itemChanged -> rename
-    if explorer.controller.names(chosen).get(label) != NEW_NAME:
-        sys.exit(f"error: renaming label {label} failed: {explorer.last_message}")
-    row = next(r for r in range(explorer.table.rowCount()) if int(explorer.table.item(r, 0).text()) == label)
-    explorer.table.selectRow(row)
-    explorer.table.scrollToItem(explorer.table.item(row, 0))
-    chosen.selected_label = label
-    viewer.reset_view()
-    clear_notifications(viewer)
-    shoot(viewer, out / "explorer-chosen.png")
-
-    # ---- 4. Refine label... -> Refine -> two clicks
-    explorer.refine_button.click()
-    refine = next((w for w in viewer.window.dock_widgets.values() if isinstance(w, RefineWidget)), None)
-    if refine is None:
-        sys.exit(f"error: 'Refine label...' docked no RefineWidget: {explorer.last_message}")
-    # the two docks stacked do not fit 950 px: tab the refinement panel over the explorer
-    window = viewer.window._qt_window
-    explorer_dock, refine_dock = dock_of(explorer), dock_of(refine)
-    if explorer_dock is not None and refine_dock is not None and explorer_dock is not refine_dock:
-        window.tabifyDockWidget(explorer_dock, refine_dock)
-        refine_dock.show()
-        refine_dock.raise_()
-    refine.buttons["Refine"].click()
-    if refine.session is None:
-        sys.exit(f"error: the refinement did not start: {refine.last_message}")
-    _, labels_layer, s_refine, _ = refine._target
-    label_mask = np.asarray(labels_layer.data[s_refine]) == label
-    clicks = pick_clicks(label_mask, bright[s_refine])
-    for y, x, positive in clicks:
-        world = labels_layer.data_to_world((s_refine, y, x))
-        if not refine.click_world(world, positive=positive):
-            sys.exit(f"error: click at {(y, x)} refused: {refine.last_message}")
-    wait_until(lambda: refine.worker is None and not refine._pending and len(refine.session.clicks) == len(clicks),
-               120, "the refinement clicks")
-    print(f"refine: {refine.last_message}; clicks {[(y, x, 'pos' if p else 'neg') for y, x, p in clicks]}")
-    assert PREVIEW_NAME in viewer.layers and POINTS_NAME in viewer.layers
-    window.resize(*WINDOW_SIZE)
-    viewer.reset_view()
-    clear_notifications(viewer)
-    shoot(viewer, out / "refine.png")
-
-    refine.cancel()
+    with tempfile.TemporaryDirectory() as tmp:
+        for step, info in journey(viewer, explorer, Path(tmp) / "nuclei", timeout=args.timeout):
+            print(f"{step}: {explorer.last_message}")
+            if step == "refining":  # the refinement panel tabbed over the explorer (one dock column)
+                explorer_dock, refine_dock = dock_of(explorer), dock_of(info["refine"])
+                if explorer_dock is not None and refine_dock is not None and explorer_dock is not refine_dock:
+                    window.tabifyDockWidget(explorer_dock, refine_dock)
+                    refine_dock.show()
+                    refine_dock.raise_()
+            if step == "accepted":
+                explorer_dock = dock_of(explorer)
+                if explorer_dock is not None:
+                    explorer_dock.show()
+                    explorer_dock.raise_()
+            name = SHOTS.get(step)
+            if name in wanted:
+                window.resize(*WINDOW_SIZE)
+                clear_notifications(viewer)
+                shoot(viewer, out / name)
+            if step == "exported":
+                break
     viewer.close()
     return 0
 

@@ -240,3 +240,147 @@ def test_refine_label_without_choice_or_selection_gives_a_message(qtbot, widget)
     w.table.clearSelection()
     w.refine_button.click()
     assert "select a label" in w.last_message and not _refine_widgets(viewer)
+
+
+def _journey_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "make_screenshots.py"
+    spec = importlib.util.spec_from_file_location("make_screenshots", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_first_time_user_journey_end_to_end(make_napari_viewer, model, tmp_path):
+    """sample -> run -> browse -> grid -> choose -> rename -> merge -> undo -> refine with clicks
+    -> accept -> table -> export -> reopen -> re-run, through the real widgets (the journey the
+    documentation screenshots are taken from), checking what a user would look at."""
+    import csv
+
+    from napari_pancakes.napari.explorer import ExplorerWidget
+
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-pancakes", "Protocol explorer")
+    assert isinstance(w, ExplorerWidget)
+    w.controller._model = model
+    w.confirm = lambda message: True
+    states = {}
+    for step, info in _journey_module().journey(viewer, w, tmp_path / "nuclei", m=8, k=20, timeout=WAIT_MS / 1000):
+        states[step] = info
+        protocols = _protocols(viewer)
+        if step == "sample":
+            image = info["image"]
+            assert w.layer_combo.currentText() == "nuclei"  # the image box followed the new image
+            low, high = image.contrast_limits
+            assert image.data.min() <= low < high <= image.data.max()  # not a dark 0..255 window
+        elif step == "run":
+            assert len(protocols) == 8 and w.progress.value() == w.progress.maximum() == 6
+            assert [ly.visible for ly in protocols] == [True] + [False] * 7
+            assert viewer.layers.selection.active is protocols[0]
+            first = tag(protocols[0])
+            assert first["protocol"] == 1 and not first["single_label"] and len(np.unique(protocols[0].data)) > 1
+            key = [(tag(ly)["single_label"], -tag(ly)["effective_labels"]) for ly in protocols]
+            assert key == sorted(key)  # the most informative first; one-label protocols last
+            assert [b.text().split(" ")[0] for b in w.gallery_buttons] == [str(i) for i in range(1, 9)]
+            assert w.gallery_buttons[0].isChecked() and " s" in w.last_message and "protocols of 'nuclei'" in w.last_message
+        elif step == "browse":
+            i = info["index"]
+            assert [ly.visible for ly in protocols] == [j == i for j in range(8)]
+            assert [b.isChecked() for b in w.gallery_buttons] == [j == i for j in range(8)]
+        elif step == "grid":
+            assert viewer.grid.enabled and all(ly.visible and ly.name_overlay.visible for ly in protocols)
+        elif step == "chosen":
+            chosen = info["chosen"]
+            order = list(viewer.layers)
+            assert chosen.name == "nuclei chosen" and all(order.index(chosen) > order.index(ly) for ly in protocols)
+            listed = {int(w.table.item(r, 0).text()) for r in range(w.table.rowCount())}
+            assert listed == set(np.unique(chosen.data).tolist()) - {0}  # absent labels hidden
+            headers = [w.table.horizontalHeaderItem(c).text() for c in range(6)]
+            assert headers[3:5] == ["images", "pixels"]
+        elif step == "renamed":
+            r = _journey_module().row_of(w, info["label"])
+            assert w.table.item(r, 2).text() == "nucleus"
+            feats = info["chosen"].features
+            assert feats.loc[feats["index"] == info["label"], "name"].item() == "nucleus"
+        elif step == "merged":
+            low, high = info["pair"]
+            assert not np.any(info["chosen"].data == high) and np.any(info["chosen"].data == low)
+            assert "merged" in w.last_message and _journey_module().row_of(w, high) is None
+        elif step == "undone":
+            np.testing.assert_array_equal(info["chosen"].data, info["before"])
+            assert "undid merge" in w.last_message
+        elif step == "refining":
+            assert info["refine"].session is not None and len(info["clicks"]) >= 1
+        elif step == "accepted":
+            chosen, label, s = info["chosen"], info["label"], info["slice"]
+            assert w.controller.current_slice(chosen) == s
+            r = _journey_module().row_of(w, label)
+            shown = int(w.table.item(r, 4).text().replace(",", ""))
+            assert shown == int((chosen.data[s] == label).sum())  # the table is true after Accept
+        elif step == "exported":
+            chosen = info["chosen"]
+            rows = list(csv.DictReader(open(info["written"]["areas"][0])))
+            s, label = states["accepted"]["slice"], states["accepted"]["label"]
+            row = next(r for r in rows if int(r["image"]) == s and int(r["label"]) == label)
+            assert int(row["pixels"]) == int((chosen.data[s] == label).sum()) and row["name"] == "nucleus"
+        elif step == "reopened":
+            np.testing.assert_array_equal(info["layer"].data, info["chosen"].data)
+            assert "nucleus" in list(info["layer"].features["name"])
+        elif step == "rerun":
+            chosen = info["chosen"]
+            order = list(viewer.layers)
+            assert chosen in viewer.layers and all(order.index(chosen) > order.index(ly) for ly in protocols)
+            np.testing.assert_array_equal(chosen.data, states["reopened"]["layer"].data)  # untouched by the re-run
+            assert viewer.layers.selection.active is protocols[0] and "re-labelled" in w.last_message
+    assert list(states) == ["sample", "run", "browse", "grid", "chosen", "renamed", "merged", "undone",
+                            "refining", "accepted", "exported", "reopened", "rerun"]
+
+
+def test_cancel_is_quick_at_the_largest_grid(qtbot, widget):
+    import time
+
+    w, viewer = widget, widget.viewer
+    viewer.add_image(synthetic_blobs(n_images=3, size=256), name="blobs")
+    w.m_spin.setValue(32)
+    w.k_spin.setValue(64)
+    assert w.start_run()
+    qtbot.waitUntil(lambda: "labelling" in w.progress.format(), timeout=WAIT_MS)  # the long part
+    t0 = time.perf_counter()
+    w.cancel_run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    assert time.perf_counter() - t0 < 0.5
+    assert len(viewer.layers) == 1 and "cancel" in w.last_message
+
+
+def test_table_follows_pixel_changes_and_hides_absent_labels(qtbot, widget):
+    w, viewer = widget, widget.viewer
+    viewer.add_image(synthetic_blobs(n_images=2, size=48), name="blobs", scale=(1, 0.5, 0.5), units=("um", "um", "um"))
+    w.m_spin.setValue(2)
+    w.k_spin.setValue(6)
+    _run(qtbot, w)
+    w.choose()
+    chosen = viewer.layers["blobs chosen"]
+    present = set(np.unique(chosen.data).tolist())
+    assert {int(w.table.item(r, 0).text()) for r in range(w.table.rowCount())} == present
+    w.absent_check.setChecked(True)
+    assert w.table.rowCount() == 6  # every label of the protocol, present or not
+    w.absent_check.setChecked(False)
+    assert "µm²" in w.table.horizontalHeaderItem(5).text() and not w.table.isColumnHidden(5)
+    # an in-place change + refresh, as the refinement's Accept does
+    label = int(w.table.item(0, 0).text())
+    s = w.controller.current_slice(chosen)
+    chosen.data[s, :20, :20] = label
+    chosen.refresh()
+    qtbot.waitUntil(lambda: not w._table_pending, timeout=5000)
+    r = next(r for r in range(w.table.rowCount()) if int(w.table.item(r, 0).text()) == label)
+    assert int(w.table.item(r, 4).text().replace(",", "")) == int((chosen.data[s] == label).sum())
+
+
+def test_feedback_for_silent_actions(widget, tmp_path):
+    w = widget
+    w.step(1)
+    assert "no protocols to step through" in w.last_message
+    w.merge_selected()
+    assert "no chosen label map" in w.last_message

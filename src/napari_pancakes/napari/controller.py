@@ -193,7 +193,8 @@ class ProtocolController:
         images = [data] if data.ndim == 2 else list(data)
         units = tuple(str(u) for u in layer.units) if getattr(layer, "units", None) is not None else None
         self._encoded = {i: v for i, v in self._encoded.items() if v[0] in self.viewer.layers}  # forget removed layers
-        cache = self._encoded.setdefault(id(layer), (layer, EncodedSet()))[1]
+        # keyed by the layer itself: a plugin's viewer hands out a new proxy object per access
+        cache = self._encoded.setdefault(id(getattr(layer, "__wrapped__", layer)), (layer, EncodedSet()))[1]
         return RunRequest(
             image_name=layer.name,
             images=images,
@@ -431,7 +432,7 @@ class ProtocolController:
         Raises ``ValueError`` when the image is gone or changed since the run."""
         layer = self.working(layer)
         info, image = tag(layer), self.source_image(layer)
-        entry = self._encoded.get(id(image)) if image is not None else None
+        entry = self._encoded.get(id(getattr(image, "__wrapped__", image))) if image is not None else None
         if entry is None or entry[1].predictor is None or "model_protocol" not in info:
             raise ValueError(f"no encoding of the image of '{layer.name}': run the explorer on it first")
         request = self.prepare(image, info["m"], info["k"], info["seed"])

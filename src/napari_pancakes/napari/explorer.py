@@ -363,7 +363,7 @@ class ExplorerWidget(QWidget):
             seconds = time.perf_counter() - self._run_started
             how = "" if self._encoded_in_run else " (re-labelled from the cached network output)"
             single = sum(bool(tag(ly).get("single_label")) for ly in added)
-            note = f"; {single} use only one label (listed last)" if single else ""
+            note = f"; {single} use{'s' * (single == 1)} only one label (listed last)" if single else ""
             self.notify(f"{len(added)} protocols of '{image_name}' in {seconds:.1f} s{how}{note}. "
                         "N / H step through them, U uses the one shown")
             self.refresh_gallery()
@@ -477,7 +477,7 @@ class ExplorerWidget(QWidget):
         unit = _area_unit(layer)
         self.table.horizontalHeaderItem(5).setText(f"area ({unit})")
         # with pixel units and unit scale the area repeats the pixel count: hide it
-        self.table.setColumnHidden(5, layer is None or (unit == "pixel²" and all(float(v) == 1 for v in layer.scale)))
+        self.table.setColumnHidden(5, layer is None or (unit == "px²" and all(float(v) == 1 for v in layer.scale)))
         self._filling_table = True
         selected = set(self.selected_labels())
         self.table.clearSelection()
@@ -708,6 +708,14 @@ def _pixmap(rgba: np.ndarray) -> QPixmap:
 
 
 def _area_unit(layer) -> str:
+    """The area unit of a layer, short: "µm²", "mm²" ("px²" for napari's default pixel units)."""
     units = getattr(layer, "units", None) if layer is not None else None
-    unit = str(units[-1]) if units is not None else "pixel"
-    return f"{unit}²"
+    if units is None:
+        return "px²"
+    unit = units[-1]
+    try:
+        short = format(unit, "~")  # pint: micrometer -> µm
+    except (TypeError, ValueError):
+        short = str(unit)
+    short = short or str(unit)
+    return "px²" if short in ("pixel", "px") else f"{short}²"

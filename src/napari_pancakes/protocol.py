@@ -538,22 +538,23 @@ def full_features(feats: torch.Tensor, shape) -> torch.Tensor:
 
 
 def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.Tensor, j: int, *,
-              ring: int | None = None, steps: int = 150, max_pixels: int = 4000, seed: int = 0):
-    """New direction and bias of model label ``j`` from one corrected mask.
+              ring: int | None = None, far: float = 1.0, steps: int = 300, lr: float = 0.5,
+              max_pixels: int = 4000, seed: int = 0):
+    """New direction and bias of model label ``j`` from one corrected mask; the other labels stay.
 
     Arguments:
         feats: (D, H, W) features of the corrected image at its size (:func:`full_features`).
         mask: (H, W) bool, the corrected extent of the label.
         w, b: (K, D) scaled directions and (K,) biases of the protocol (the others stay fixed).
         j: the model label (0-based) being corrected.
-        ring: width in pixels of the band just outside the mask used as negatives (default 6 %
-            of the image side); pixels the protocol gave to ``j`` outside the mask are negatives too.
+        ring: width in pixels of the band just outside the mask (default 6 % of the image side).
+        far: weight of the pixels farther out (a sample), relative to the band.
 
-    Returns:
-        (w_j (D,), b_j float): ``w_j`` keeps the length of the model's directions (the logit
-        scale), so the corrected label competes with the others on the same footing. Fitted by
-        softmax cross-entropy against the fixed other labels on the inside/outside pixels
-        (balanced), then the bias is set to maximise Dice with the mask on this image.
+    Fitting: starting from the label's current direction and bias, softmax cross-entropy against
+    the fixed other labels: pixels inside the mask should go to ``j``; pixels in the band just
+    outside it, and those the protocol gave to ``j`` outside it, should not; a sample of the
+    rest (weight ``far``) should not either. Then the bias is set to the value that maximises
+    Dice with the mask on this image (a 1-D search). Returns ``(w_j (D,), b_j float)``.
     """
     from scipy import ndimage as ndi
 
@@ -567,51 +568,41 @@ def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.T
         raise ValueError("the corrected mask covers the whole image; nothing outside it to learn from")
     ring = ring or max(2, int(round(0.06 * min(h, wd))))
     flat = feats.reshape(d, -1).T  # (HW, D)
-    current = (flat @ w.T + b).argmax(1).numpy().reshape(h, wd)
-    outside = (ndi.binary_dilation(mask, iterations=ring) & ~mask) | ((current == j) & ~mask)
-    rng = np.random.default_rng(seed)
-    pos = _sample(np.flatnonzero(mask.ravel()), max_pixels, rng)
-    neg = _sample(np.flatnonzero(outside.ravel()), max_pixels, rng)
-    if neg.size == 0:
-        neg = _sample(np.flatnonzero(~mask.ravel()), max_pixels, rng)
-    scale = float(w.norm(dim=1).mean())
     others = [i for i in range(w.shape[0]) if i != j]
-    fp, fn = flat[pos], flat[neg]
-    lo_p = fp @ w[others].T + b[others]  # (n_pos, K-1): fixed competitors
-    lo_n = fn @ w[others].T + b[others]
-    mean_in = fp.mean(0)
-    v = torch.nn.Parameter(mean_in / mean_in.norm().clamp_min(1e-6))
-    bias = torch.nn.Parameter(b[j].clone().float())
-    opt = torch.optim.Adam([v, bias], lr=0.05)
+    competitors = flat @ w[others].T + b[others]  # (HW, K-1): fixed
+    current = (flat @ w.T + b).argmax(1).numpy().reshape(h, wd)
+    near = (ndi.binary_dilation(mask, iterations=ring) & ~mask) | ((current == j) & ~mask)
+    rng = np.random.default_rng(seed)
+    groups = [(_sample(np.flatnonzero(mask.ravel()), max_pixels, rng), True, 1.0),
+              (_sample(np.flatnonzero(near.ravel()), max_pixels, rng), False, 1.0),
+              (_sample(np.flatnonzero((~mask & ~near).ravel()), max_pixels, rng), False, far)]
+    groups = [(flat[i], competitors[i], inside, weight) for i, inside, weight in groups if i.size and weight > 0]
+    wj = torch.nn.Parameter(w[j].clone().float())
+    bj = torch.nn.Parameter(b[j].clone().float())
+    opt = torch.optim.Adam([wj, bj], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
-            wj = scale * v / v.norm().clamp_min(1e-6)
-            zp, zn = fp @ wj + bias, fn @ wj + bias
-            # positives: log softmax of j among all; negatives: log (1 - softmax_j)
-            lse_p = torch.logsumexp(torch.cat([zp[:, None], lo_p], 1), 1)
-            loss_pos = (lse_p - zp).mean()
-            lse_n_others = torch.logsumexp(lo_n, 1)
-            loss_neg = (torch.logsumexp(torch.stack([zn, lse_n_others], 1), 1) - lse_n_others).mean()
-            loss = loss_pos + loss_neg
+            loss = 0.0
+            for f, comp, inside, weight in groups:
+                z = f @ wj + bj
+                lse_others = torch.logsumexp(comp, 1)
+                lse_all = torch.logsumexp(torch.stack([z, lse_others], 1), 1)
+                # inside: -log p_j; outside: -log (1 - p_j)
+                loss = loss + weight * ((lse_all - z) if inside else (lse_all - lse_others)).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-    wj = (scale * v / v.norm().clamp_min(1e-6)).detach()
-    # bias: the value maximising Dice with the mask on the corrected image
-    zj = (flat @ wj).numpy()
-    best_other = (flat @ w[others].T + b[others]).max(1).values.numpy()
-    margin = best_other - zj  # label j wins where bias > margin
+    wj = wj.detach()
+    # the bias maximising Dice with the mask on this image: label j wins where b_j > margin
+    margin = (competitors.max(1).values - flat @ wj).numpy()
     truth = mask.ravel()
-    candidates = np.quantile(margin, np.linspace(0.0, 1.0, 201))
-    n_true = truth.sum()
     order = np.argsort(margin)
-    sorted_truth = truth[order]
-    hits = np.cumsum(sorted_truth)
-    idx = np.searchsorted(margin[order], candidates, side="left")  # pixels with margin < c win
-    tp = np.where(idx > 0, hits[np.maximum(idx - 1, 0)], 0)
-    dice = 2 * tp / np.maximum(idx + n_true, 1)
-    best = int(np.argmax(dice))
-    return wj, float(candidates[best])
+    hits = np.cumsum(truth[order])
+    candidates = np.quantile(margin, np.linspace(0.0, 1.0, 201))
+    won = np.searchsorted(margin[order], candidates, side="left")  # pixels with margin < candidate
+    tp = np.where(won > 0, hits[np.maximum(won - 1, 0)], 0)
+    dice = 2 * tp / np.maximum(won + truth.sum(), 1)
+    return wj, float(candidates[int(np.argmax(dice))])
 
 
 def _sample(index: np.ndarray, n: int, rng) -> np.ndarray:

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,30 +54,6 @@ def best_pancakes_labels(images, truths, m: int = 8, k: int = 20):
     return [p[bm] == bk for p in preds], (int(bm), int(bk)), float(scores[bm, bk])
 
 
-def simulate(session, truth, n_clicks: int, box=None):
-    """Dice after the start (and the box), then after each of ``n_clicks`` clicks; seconds per prompt."""
-    from napari_pancakes.training.simulate import dice
-    from napari_pancakes.training.simulate import next_click
-
-    times = []
-    if box is not None:
-        t0 = time.perf_counter()
-        session.set_box(box)
-        times.append(time.perf_counter() - t0)
-    dices = [dice(session.mask, truth)]
-    for _ in range(n_clicks):
-        click = next_click(session.mask, truth)
-        if click is None:
-            dices.append(dices[-1])
-            continue
-        (y, x), positive = click
-        t0 = time.perf_counter()
-        session.add_click(y, x, positive)
-        times.append(time.perf_counter() - t0)
-        dices.append(dice(session.mask, truth))
-    return dices, times
-
-
 def summarise(curves: np.ndarray, times, n: int) -> dict:
     from napari_pancakes.training.simulate import clicks_to_reach
 
@@ -92,9 +67,10 @@ def summarise(curves: np.ndarray, times, n: int) -> dict:
 def run(args) -> dict:
     import torch
 
-    from napari_pancakes.refine import RefineSession, load_refiner
+    from napari_pancakes.refine import load_refiner
     from napari_pancakes.training.datasets import data_root
     from napari_pancakes.training.refiner import simulate_box
+    from napari_pancakes.training.simulate import simulate_session
 
     torch.set_num_threads(1)
     refiner = load_refiner(args.weights, device="cpu")
@@ -112,9 +88,9 @@ def run(args) -> dict:
             for mode in MODES:
                 curves, times = [], []
                 for img, truth, start in zip(images, truths, starts):
-                    s = RefineSession(refiner, img, initial_mask=start if mode == "b_pancakes" else None, method=method)
-                    box = simulate_box(truth, None) if mode == "c_box" else None
-                    d, t = simulate(s, truth, args.clicks, box)
+                    d, t = simulate_session(refiner, img, truth, args.clicks, method=method,
+                                            initial_mask=start if mode == "b_pancakes" else None,
+                                            box=simulate_box(truth, None) if mode == "c_box" else None)
                     curves.append(d)
                     times += t
                 entry[method][mode] = summarise(np.array(curves), times, args.clicks)

@@ -64,10 +64,12 @@ def dice(pred, truth) -> float:
     return 1.0 if den == 0 else float(2 * (pred & truth).sum() / den)
 
 
-def simulate_session(refiner, image, truth, n_clicks: int = 10, initial_mask=None, method: str = "hybrid"):
+def simulate_session(refiner, image, truth, n_clicks: int = 10, initial_mask=None, method: str = "hybrid",
+                     box=None):
     """Run ``n_clicks`` simulated clicks; returns Dice after 0..n clicks and the per-click seconds.
 
-    Dice at 0 clicks is that of ``initial_mask`` (0 when starting from nothing). After the truth
+    Dice at 0 clicks is that of ``initial_mask`` (0 when starting from nothing), or of the
+    ``box`` (y0, x0, y1, x1) alone when one is given (its time is the first entry). After the truth
     is matched exactly, remaining steps repeat the last Dice.
     """
     import time
@@ -76,8 +78,12 @@ def simulate_session(refiner, image, truth, n_clicks: int = 10, initial_mask=Non
 
     truth = np.asarray(truth, bool)
     session = RefineSession(refiner, image, initial_mask=initial_mask, method=method)
-    dices = [dice(session.mask, truth)]
     times = []
+    if box is not None:
+        t0 = time.perf_counter()
+        session.set_box(box)
+        times.append(time.perf_counter() - t0)
+    dices = [dice(session.mask, truth)]
     for _ in range(n_clicks):
         click = next_click(session.mask, truth)
         if click is None:

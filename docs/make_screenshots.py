@@ -75,7 +75,8 @@ def settle(seconds: float = 1.0) -> None:
 
 def shoot(viewer, path: Path) -> None:
     settle(1.0)
-    viewer.window.screenshot(str(path), canvas_only=False)  # the whole window, dock widgets included
+    # the whole window, dock widgets included; no flash (its colourise effect greys the next shot)
+    viewer.window.screenshot(str(path), canvas_only=False, flash=False)
     print(f"wrote {path}")
 
 
@@ -309,6 +310,8 @@ def main(argv=None) -> int:
                     window.tabifyDockWidget(explorer_dock, refine_dock)
                     refine_dock.show()
                     refine_dock.raise_()
+            if step == "chosen":  # a small screen: fold the Run section to see the label table
+                explorer.sections["Run"].collapse(animate=False)
             if step == "accepted":
                 explorer_dock = dock_of(explorer)
                 if explorer_dock is not None:

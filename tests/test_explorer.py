@@ -271,7 +271,7 @@ def test_first_time_user_journey_end_to_end(make_napari_viewer, model, tmp_path)
             assert first["protocol"] == 1 and not first["single_label"] and len(np.unique(protocols[0].data)) > 1
             key = [(tag(ly)["single_label"], -tag(ly)["effective_labels"]) for ly in protocols]
             assert key == sorted(key)  # the most informative first; one-label protocols last
-            assert [b.text().split(" ")[0] for b in w.gallery_buttons] == [str(i) for i in range(1, 9)]
+            assert [b.text().split("\n")[0] for b in w.gallery_buttons] == [str(i) for i in range(1, 9)]
             assert w.gallery_buttons[0].isChecked() and " s" in w.last_message and "protocols of 'nuclei'" in w.last_message
         elif step == "browse":
             i = info["index"]

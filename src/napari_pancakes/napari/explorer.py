@@ -47,7 +47,7 @@ from .controller import ProtocolController, checksum, compute, tag
 
 # Single-letter viewer shortcuts (letters napari leaves free in 0.9; never Ctrl+Q).
 SHORTCUTS = {"n": "next protocol", "h": "previous protocol", "u": "use the shown protocol"}
-THUMB = 84
+THUMB = 64
 # the shown protocol's thumbnail: a thick, bright frame that reads on any colour map
 CHECKED_STYLE = "QToolButton:checked { border: 3px solid #ffd21f; border-radius: 3px; background: #5a4a00; }"
 PLUGIN_NAME = "napari-pancakes"
@@ -101,11 +101,13 @@ class ExplorerWidget(QWidget):
         inner = QWidget()
         layout = QVBoxLayout(inner)
         layout.setContentsMargins(4, 4, 4, 4)
+        self.sections = {}  # title -> collapsible section (fold what a small screen does not need)
         for title, panel in (("Run", self._build_run_panel()),
                              ("Protocols (N next, H previous, U use)", self._build_protocol_panel()),
                              ("Labels of the chosen protocol", self._build_label_panel()),
                              ("Export the chosen label map", self._build_export_panel())):
-            layout.addWidget(_section(title, panel))
+            self.sections[title.split(" (")[0]] = _section(title, panel)
+            layout.addWidget(self.sections[title.split(" (")[0]])
         layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -364,6 +366,7 @@ class ExplorerWidget(QWidget):
             how = "" if self._encoded_in_run else " (re-labelled from the cached network output)"
             single = sum(bool(tag(ly).get("single_label")) for ly in added)
             note = f"; {single} use{'s' * (single == 1)} only one label (listed last)" if single else ""
+            self.progress.setFormat(f"done: {len(added)} protocols in {seconds:.1f} s")
             self.notify(f"{len(added)} protocols of '{image_name}' in {seconds:.1f} s{how}{note}. "
                         "N / H step through them, U uses the one shown")
             self.refresh_gallery()
@@ -391,7 +394,7 @@ class ExplorerWidget(QWidget):
             button.deleteLater()
         self.gallery_buttons = []
         protocols = self.controller.protocols() if self.controller.image_name else []
-        size, columns = (THUMB, 4) if len(protocols) <= 8 else (THUMB // 2, 6)  # M up to 32 stays compact
+        size, columns = (THUMB, 4) if len(protocols) <= 8 else (THUMB * 2 // 3, 5)  # M up to 32 stays compact
         thumbs = self.controller.thumbnails(size) if protocols else []
         self._shown_slice = self.controller.current_slice() if protocols else None
         for i, (layer, rgba) in enumerate(zip(protocols, thumbs)):
@@ -401,7 +404,7 @@ class ExplorerWidget(QWidget):
             button.setIconSize(QSize(size, size))
             info = tag(layer)
             used = info.get("labels_in_use")
-            button.setText(f"{info['protocol']}" + ("" if used is None else f" · {used} label" + "s" * (used != 1)))
+            button.setText(f"{info['protocol']}" + ("" if used is None else f"\n{used} label" + "s" * (used != 1)))
             button.setToolTip(f"{layer.name}: {used} of {info['k']} labels in use" + (
                 " - one label everywhere: nothing to see" if info.get("single_label") else ""))
             button.setCheckable(True)
@@ -431,6 +434,7 @@ class ExplorerWidget(QWidget):
     def set_grid(self, enabled: bool) -> None:
         """Grid mode with every protocol's name (hence its number) written in its tile."""
         for layer in self.controller.protocols():
+            layer.name_overlay.font_size = 7  # "<image> protocol m (K=k)" fits a tile
             layer.name_overlay.visible = bool(enabled)
         self.controller.set_grid(enabled)
 
@@ -557,7 +561,8 @@ class ExplorerWidget(QWidget):
             self.notify(f"the image '{tag(layer).get('source')}' of '{layer.name}' is no longer in the viewer", error=True)
             return None
         widget = self._refine_widget()
-        if not widget.set_target(layer, image, labels[0], self.controller.current_slice(layer)):
+        if not widget.set_target(layer, image, labels[0], self.controller.current_slice(layer),
+                                 runner_up=lambda: self.controller.runner_up(layer)):
             self.notify(widget.last_message, error=True)
         return widget
 

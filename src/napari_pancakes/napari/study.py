@@ -1,0 +1,266 @@
+"""What the study dock does, without Qt: save a protocol from a layer, apply it to another image
+layer, propagate a correction, rank labels against an outcome table, show a (protocol, label).
+
+The dock (:mod:`.study_widget`) is a thin view on :class:`StudyController`; notebooks and tests
+drive the same code with a ``napari.components.ViewerModel``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..protocol import Protocol, ProtocolSet, apply_protocol, model_for
+from .controller import TAG, names_of, names_table, tag
+
+STUDY_ROLE = "applied"  # role of layers made by Apply in our metadata entry
+
+
+def protocol_layers(viewer) -> list:
+    """Labels layers a protocol can be saved from: explorer protocols, chosen and applied layers."""
+    return [ly for ly in viewer.layers if tag(ly).get("role") in ("protocol", "chosen", STUDY_ROLE)]
+
+
+def image_layers(viewer) -> list:
+    from napari.layers import Image
+
+    return [ly for ly in viewer.layers if isinstance(ly, Image)]
+
+
+def _as_stack(data) -> np.ndarray:
+    data = np.asarray(data)
+    return data[None] if data.ndim == 2 else data
+
+
+class StudyController:
+    """Study actions on one viewer.
+
+    Arguments:
+        viewer: a ``napari.Viewer`` or ``ViewerModel``.
+        model: the Pancakes model (None: the bundled weights, loaded on first use).
+    """
+
+    def __init__(self, viewer, model=None):
+        self.viewer = viewer
+        self._model = model
+        self.sets: dict[str, ProtocolSet] = {}  # layer name -> cached features for propagation
+        self.history: list[tuple] = []  # (layer, previous data, propagation record)
+        self.measurements = None
+        self.ranking = None
+        self.ranked_layers: list = []  # protocol layers, in the order of the measurements' M axis
+
+    @property
+    def model(self):
+        if self._model is None:
+            from ..io_weights import load_model
+
+            self._model = load_model()
+        return self._model
+
+    # ----------------------------------------------------------------- protocol files
+    def protocol_from_layer(self, layer) -> Protocol:
+        """The protocol a layer shows, with its names, colours, merges and labels sent to background.
+
+        Merges and background sends are read from the layer itself: each label id of the
+        explorer's protocol layer (if still in the viewer) is mapped to the id most of its pixels
+        now carry in ``layer``; a label absent from the set whose name was removed (merged or
+        sent to background) is sent to background.
+        """
+        info = tag(layer)
+        if info.get("role") == STUDY_ROLE:
+            protocol = Protocol.from_dict(info["protocol"])
+            protocol.names.update(names_of(layer))  # names edited in the layer travel with it
+            return protocol
+        if info.get("role") not in ("protocol", "chosen"):
+            raise ValueError(f"layer '{getattr(layer, 'name', layer)}' was not made by the protocol explorer; "
+                             "choose a protocol or '... chosen' layer")
+        # the explorer shows protocols ranked; "model_protocol" is the model's own (1-based) index
+        m, k, seed = info["m"], info["k"], info.get("seed", 0)
+        index = info.get("model_protocol", info["protocol"]) - 1
+        names = names_of(layer)
+        colors = {i: _hex(layer.get_color(i)) for i in names if i > 0 and layer.get_color(i) is not None}
+        merges, background = {}, []
+        original = self._original(info)
+        if original is not None and info.get("role") == "chosen":
+            now, before = _as_stack(layer.data).ravel(), _as_stack(original.data).ravel()
+            for i in range(1, k + 1):
+                hit = now[before == i]
+                if hit.size == 0:  # absent from this set: removed from the names means edited away
+                    if i not in names:
+                        background.append(i)
+                    continue
+                target = int(np.bincount(hit).argmax())
+                if target == 0:
+                    background.append(i)
+                elif target != i:
+                    merges[i] = target
+        return Protocol.from_model(self.model, m, k, index, seed=seed, names=names, colors=colors, merges=merges,
+                                   background=background)
+
+    def _original(self, info):
+        for ly in self.viewer.layers:
+            t = tag(ly)
+            if t.get("role") == "protocol" and t.get("source") == info.get("source") and t.get("protocol") == info.get("protocol"):
+                return ly
+        return None
+
+    def save_protocol(self, layer, path: str | Path, overwrite: bool = False) -> Protocol:
+        protocol = self.protocol_from_layer(layer)
+        protocol.save(path, overwrite=overwrite)
+        return protocol
+
+    def load_protocol(self, path: str | Path) -> Protocol:
+        return Protocol.load(path, model=self.model)
+
+    # ----------------------------------------------------------------- apply
+    def apply(self, protocol: Protocol, image_layer, progress=None):
+        """Label ``image_layer`` with ``protocol``: a new Labels layer with its names and colours.
+
+        A lazy (Dask) image layer gets a lazy label layer, computed chunk by chunk as it is viewed.
+        """
+        model_for(protocol, self.model)
+        if getattr(image_layer, "multiscale", False):
+            raise ValueError(f"layer '{image_layer.name}' is multiscale; open a single-resolution image")
+        data = _intensity(image_layer, lazy=True)
+        if data.ndim not in (2, 3):
+            raise ValueError(f"layer '{image_layer.name}' has shape {data.shape}; a 2D image, an (S, H, W) stack "
+                             "or a (Z, Y, X) volume is needed")
+        labels = apply_protocol(protocol, data, model=self.model, progress=progress)
+        name = f"{image_layer.name} protocol {protocol.index + 1} (K={protocol.k}) applied"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        names = protocol.label_names()
+        layer = self.viewer.add_labels(
+            labels, name=name, scale=tuple(image_layer.scale), translate=tuple(image_layer.translate),
+            features=names_table(names), opacity=0.6,
+            metadata={TAG: {"role": STUDY_ROLE, "source": image_layer.name, "protocol_file": None,
+                            "protocol": protocol.to_dict(), "m": protocol.m, "k": protocol.k,
+                            "seed": protocol.seed}})
+        _set_colors(layer, protocol.colors, protocol.k)
+        return layer
+
+    # ----------------------------------------------------------------- correct once, fix everywhere
+    def propagate(self, layer, label: int | None = None, slice_index: int | None = None):
+        """Learn label ``label`` (default: the layer's selected label) from its extent on image
+        ``slice_index`` (default: the one under the slider) and re-label every image of the set.
+
+        The corrected image keeps the user's mask for that label. Returns the propagation record;
+        :meth:`undo` restores the layer and the protocol.
+        """
+        info = tag(layer)
+        if info.get("role") not in ("protocol", "chosen", STUDY_ROLE):
+            raise ValueError(f"layer '{layer.name}' is not a protocol, chosen or applied layer")
+        source = info.get("source")
+        if source not in self.viewer.layers:
+            raise ValueError(f"the image '{source}' this layer was made from is no longer in the viewer")
+        label = int(layer.selected_label if label is None else label)
+        stack = _as_stack(layer.data)
+        s = self.current_slice(layer) if slice_index is None else int(slice_index)
+        mask = stack[s] == label
+        key = layer.name
+        protocol = self.protocol_from_layer(layer) if key not in self.sets else self.sets[key].protocol
+        if key not in self.sets:
+            self.sets[key] = ProtocolSet(protocol, _intensity(self.viewer.layers[source]), model=self.model)
+        ps = self.sets[key]
+        record = ps.propagate(s, mask, label)
+        previous = np.array(layer.data, copy=True)
+        new = np.stack(ps.labels).astype(layer.data.dtype, copy=False)
+        new[s] = stack[s]  # the corrected image stays as the user drew it
+        layer.data = new if layer.data.ndim == 3 else new[0]
+        meta = dict(layer.metadata)
+        meta[TAG] = {**meta.get(TAG, {}), "edited": True, "protocol": ps.protocol.to_dict(), "role": STUDY_ROLE}
+        meta[TAG].setdefault("source", source)
+        layer.metadata = meta
+        self.history.append((layer, previous, record, info))
+        return record
+
+    def undo(self):
+        """Undo the last propagation: the layer's pixels and protocol as they were."""
+        if not self.history:
+            return None
+        layer, previous, record, info = self.history.pop()
+        layer.data = previous
+        meta = dict(layer.metadata)
+        meta[TAG] = info
+        layer.metadata = meta
+        ps = self.sets.get(layer.name)
+        if ps is not None:
+            ps.undo()
+        return record
+
+    def current_slice(self, layer) -> int:
+        if layer.ndim < 3:
+            return 0
+        point = layer.world_to_data(self.viewer.dims.point)
+        return int(np.clip(round(float(point[0])), 0, layer.data.shape[0] - 1))
+
+    # ----------------------------------------------------------------- population analysis
+    def analyze(self, image_layer, table, outcome: str, measure: str = "area", kind: str | None = None,
+                image_names=None):
+        """Rank every (protocol, label) of the explorer's protocol layers of ``image_layer``.
+
+        Areas use the layer scale; image names default to the layer's ``metadata['names']`` or
+        the indices 0..S-1 (an outcome table may use either).
+        """
+        from .. import analysis
+
+        layers = sorted((ly for ly in self.viewer.layers
+                         if tag(ly).get("role") == "protocol" and tag(ly).get("source") == image_layer.name),
+                        key=lambda ly: tag(ly)["protocol"])
+        if not layers:
+            raise ValueError(f"no protocols of '{image_layer.name}' yet: run the protocol explorer on it first")
+        if not isinstance(table, analysis.OutcomeTable):
+            table = analysis.read_outcomes(table)
+        images = _as_stack(image_layer.data)
+        names = image_names or image_layer.metadata.get("names") or [str(i) for i in range(len(images))]
+        values = analysis.match_outcome(table, outcome, names)
+        k = tag(layers[0])["k"]
+        labels = np.stack([_as_stack(ly.data).astype(np.int64) - 1 for ly in layers])  # ids 1..K -> 0..K-1
+        self.measurements = analysis.measure_labels(labels, images, scale=tuple(image_layer.scale), image_names=names,
+                                                    protocols=[tag(ly)["protocol"] for ly in layers], k=k)
+        self.ranking = analysis.rank_labels(self.measurements, values, outcome=outcome, measure=measure, kind=kind)
+        self.ranked_layers = layers
+        return self.ranking
+
+    def show_row(self, row: int):
+        """Show the protocol layer of ranked row ``row`` alone, with its label highlighted."""
+        r = self.ranking.rows[row]
+        shown = None
+        for ly in self.ranked_layers:
+            ly.visible = tag(ly)["protocol"] == r["protocol"]
+            if ly.visible:
+                shown = ly
+        if shown is not None:
+            shown.selected_label = r["label"]
+            shown.show_selected_label = True
+            self.viewer.layers.selection.active = shown
+        return shown
+
+
+def _intensity(layer, lazy: bool = False):
+    """The layer's pixels as intensities (RGB converted); Dask data stays lazy when ``lazy``."""
+    from ..preprocess import _rgb_to_intensity
+
+    data = layer.data if lazy else np.asarray(layer.data)
+    return _rgb_to_intensity(np.asarray(data)) if layer.rgb else data
+
+
+def _hex(color) -> str:
+    from ..export import _hex as to_hex
+
+    return to_hex(color)
+
+
+def _set_colors(layer, colors: dict, k: int) -> None:
+    if not colors:
+        return
+    try:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        base = {i: layer.get_color(i) for i in range(1, k + 1)}
+        base.update({int(i): c for i, c in colors.items()})
+        base[None] = "transparent"
+        base[0] = "transparent"
+        layer.colormap = DirectLabelColormap(color_dict=base)
+    except Exception:  # colours are a nicety; the names and ids are what matter
+        pass

@@ -1,0 +1,329 @@
+"""The study dock: save a protocol, apply it to another layer, propagate a correction, population analysis.
+
+A thin Qt view on :class:`.study.StudyController`. Errors end as a message in the dock and a
+napari notification, never as a traceback; nothing is overwritten without a confirmation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .study import StudyController, image_layers, protocol_layers
+
+TABLE_COLUMNS = ["rank", "protocol", "label", "name", "test", "effect", "q"]
+
+
+class StudyWidget(QWidget):
+    """Dock widget: from a chosen protocol to a study.
+
+    Arguments:
+        napari_viewer: the viewer (npe2 passes it).
+        model: inject a model (tests); None loads the bundled weights when first needed.
+    """
+
+    def __init__(self, napari_viewer, model=None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.controller = StudyController(napari_viewer, model=model)
+        self.protocol = None  # the loaded protocol (Apply uses it, else the selected layer's)
+        self.table_path: str | None = None
+        self.last_message = ""
+        self.confirm = self._ask  # replaced by tests
+        self.ask_path = self._ask_path  # replaced by tests: (title, filter, save) -> path or ""
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._build_protocol_panel())
+        layout.addWidget(self._build_correct_panel())
+        layout.addWidget(self._build_analysis_panel())
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        layers = self.viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+            event.connect(self.refresh_layers)
+        self.refresh_layers()
+
+    # ----------------------------------------------------------------- panels
+    def _build_protocol_panel(self) -> QGroupBox:
+        box = QGroupBox("Protocol")
+        form = QFormLayout(box)
+        self.source_combo = QComboBox()
+        self.source_combo.setToolTip("A protocol, '... chosen' or applied label layer")
+        form.addRow("labels", self.source_combo)
+        row = QHBoxLayout()
+        self.save_button = QPushButton("Save protocol...")
+        self.save_button.setToolTip("Write M, K, the protocol, the seed, the weights' hash, names, colours and merges as JSON")
+        self.save_button.clicked.connect(lambda: self.save_protocol())
+        self.load_button = QPushButton("Load protocol...")
+        self.load_button.clicked.connect(lambda: self.load_protocol())
+        row.addWidget(self.save_button)
+        row.addWidget(self.load_button)
+        form.addRow(row)
+        self.protocol_label = QLabel("protocol: the selected labels layer's")
+        form.addRow(self.protocol_label)
+        self.target_combo = QComboBox()
+        self.target_combo.setToolTip("The image layer to label with the protocol (a 2D image, a stack, a volume, lazy data)")
+        form.addRow("apply to", self.target_combo)
+        self.apply_button = QPushButton("Apply to layer")
+        self.apply_button.clicked.connect(lambda: self.apply())
+        form.addRow(self.apply_button)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m images")
+        form.addRow(self.progress)
+        return box
+
+    def _build_correct_panel(self) -> QGroupBox:
+        box = QGroupBox("Correct once, fix everywhere")
+        layout = QVBoxLayout(box)
+        hint = QLabel("Paint or refine the selected label on one image, then propagate: the label's direction "
+                      "is learnt from that image and every image is re-labelled.")
+        hint.setWordWrap(True)
+        layout.addWidget(hint)
+        row = QHBoxLayout()
+        self.propagate_button = QPushButton("Propagate to all images")
+        self.propagate_button.clicked.connect(lambda: self.propagate())
+        self.undo_button = QPushButton("Undo propagation")
+        self.undo_button.clicked.connect(lambda: self.undo())
+        row.addWidget(self.propagate_button)
+        row.addWidget(self.undo_button)
+        layout.addLayout(row)
+        return box
+
+    def _build_analysis_panel(self) -> QGroupBox:
+        box = QGroupBox("Population analysis")
+        layout = QVBoxLayout(box)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The image set whose explorer protocols are measured (one row per image in the table)")
+        form.addRow("image set", self.image_combo)
+        row = QHBoxLayout()
+        self.table_button = QPushButton("Outcome table...")
+        self.table_button.clicked.connect(lambda: self.open_table())
+        self.table_name = QLabel("none")
+        row.addWidget(self.table_button)
+        row.addWidget(self.table_name, 1)
+        form.addRow(row)
+        self.outcome_combo = QComboBox()
+        form.addRow("outcome", self.outcome_combo)
+        self.measure_combo = QComboBox()
+        self.measure_combo.addItems(["area", "intensity"])
+        form.addRow("measure", self.measure_combo)
+        layout.addLayout(form)
+        self.analyze_button = QPushButton("Rank labels")
+        self.analyze_button.clicked.connect(lambda: self.analyze())
+        layout.addWidget(self.analyze_button)
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.Stretch)
+        self.table.setMinimumHeight(150)
+        self.table.itemSelectionChanged.connect(self._on_row_selected)
+        layout.addWidget(self.table)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4.5, 3.2), dpi=80)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+        layout.addWidget(self.canvas)
+        row = QHBoxLayout()
+        self.export_table_button = QPushButton("Export table...")
+        self.export_table_button.clicked.connect(lambda: self.export_table())
+        self.export_plot_button = QPushButton("Export plot...")
+        self.export_plot_button.clicked.connect(lambda: self.export_plot())
+        row.addWidget(self.export_table_button)
+        row.addWidget(self.export_plot_button)
+        layout.addLayout(row)
+        return box
+
+    # ----------------------------------------------------------------- layer choices
+    def refresh_layers(self, event=None):
+        for combo, layers in ((self.source_combo, protocol_layers(self.viewer)),
+                              (self.target_combo, image_layers(self.viewer)),
+                              (self.image_combo, image_layers(self.viewer))):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems([ly.name for ly in layers])
+            if current in [ly.name for ly in layers]:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+    def _layer(self, combo, what: str):
+        name = combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise ValueError(f"choose {what} first")
+        return self.viewer.layers[name]
+
+    # ----------------------------------------------------------------- actions
+    def save_protocol(self, path: str | None = None) -> bool:
+        try:
+            layer = self._layer(self.source_combo, "a protocol or chosen labels layer")
+            path = path or self.ask_path("Save protocol", "Protocol (*.json)", True)
+            if not path:
+                return False
+            overwrite = Path(path).exists() and self.confirm(f"{path} exists. Replace it?")
+            protocol = self.controller.save_protocol(layer, path, overwrite=overwrite)
+        except Exception as exc:  # shown to the user, never a traceback
+            return self._say(str(exc), False)
+        return self._say(f"saved protocol {protocol.index + 1} of M={protocol.m}, K={protocol.k} to {path}", True)
+
+    def load_protocol(self, path: str | None = None) -> bool:
+        try:
+            path = path or self.ask_path("Load protocol", "Protocol (*.json)", False)
+            if not path:
+                return False
+            self.protocol = self.controller.load_protocol(path)
+        except Exception as exc:
+            return self._say(str(exc), False)
+        self.protocol_label.setText(f"protocol: {Path(path).name} (protocol {self.protocol.index + 1}, "
+                                    f"M={self.protocol.m}, K={self.protocol.k})")
+        return self._say(f"loaded {path}", True)
+
+    def apply(self) -> bool:
+        try:
+            image = self._layer(self.target_combo, "an image layer to apply to")
+            protocol = self.protocol
+            if protocol is None:
+                protocol = self.controller.protocol_from_layer(self._layer(self.source_combo, "a protocol layer"))
+            self.progress.setValue(0)
+
+            def progress(done, total):
+                self.progress.setMaximum(total or 0)
+                self.progress.setValue(done)
+
+            layer = self.controller.apply(protocol, image, progress=progress)
+        except Exception as exc:
+            return self._say(str(exc), False)
+        return self._say(f"applied protocol {protocol.index + 1} to '{image.name}': layer '{layer.name}'", True)
+
+    def propagate(self) -> bool:
+        try:
+            layer = self.viewer.layers.selection.active
+            if layer is None or layer not in protocol_layers(self.viewer):
+                layer = self._layer(self.source_combo, "a labels layer")
+            record = self.controller.propagate(layer)
+        except Exception as exc:
+            return self._say(str(exc), False)
+        return self._say(record.summary() + " (Undo propagation restores it)", True)
+
+    def undo(self) -> bool:
+        record = self.controller.undo()
+        if record is None:
+            return self._say("nothing to undo", False)
+        return self._say(f"undid the propagation of label {record.label}", True)
+
+    def open_table(self, path: str | None = None) -> bool:
+        from ..analysis import read_outcomes
+
+        try:
+            path = path or self.ask_path("Outcome table", "CSV (*.csv *.tsv *.txt)", False)
+            if not path:
+                return False
+            table = read_outcomes(path)
+        except Exception as exc:
+            return self._say(str(exc), False)
+        self.table_path = str(path)
+        self.table_name.setText(Path(path).name)
+        self.outcome_combo.clear()
+        self.outcome_combo.addItems(table.outcomes())
+        return self._say(f"{len(table.rows)} rows; image column '{table.id_column}'", True)
+
+    def analyze(self) -> bool:
+        try:
+            if self.table_path is None:
+                raise ValueError("open an outcome table first (one row per image, an image name or index column)")
+            image = self._layer(self.image_combo, "the image set")
+            ranking = self.controller.analyze(image, self.table_path, self.outcome_combo.currentText(),
+                                              measure=self.measure_combo.currentText())
+        except Exception as exc:
+            return self._say(str(exc), False)
+        self._fill_table(ranking)
+        if ranking.rows:
+            self.table.selectRow(0)
+        dropped = f", {ranking.dropped} image(s) without a value left out" if ranking.dropped else ""
+        return self._say(f"{len(ranking.rows)} labels tested on {ranking.n_images - ranking.dropped} images{dropped}", True)
+
+    def _fill_table(self, ranking):
+        self.table.setRowCount(len(ranking.rows))
+        for i, r in enumerate(ranking.rows):
+            values = [r["rank"], r["protocol"], r["label"], r["name"], r["test"], f"{r['effect']:+.2f}", f"{r['q']:.2g}"]
+            for j, v in enumerate(values):
+                self.table.setItem(i, j, QTableWidgetItem(str(v)))
+
+    def _on_row_selected(self):
+        rows = {i.row() for i in self.table.selectedIndexes()}
+        if not rows or self.controller.ranking is None:
+            return
+        row = min(rows)
+        self.controller.show_row(row)
+        from ..analysis import plot_association
+
+        plot_association(self.controller.measurements, self.controller.ranking, row, figure=self.figure)
+        self.canvas.draw_idle()
+
+    def export_table(self, path: str | None = None) -> bool:
+        try:
+            if self.controller.ranking is None:
+                raise ValueError("rank the labels first")
+            path = path or self.ask_path("Export table", "CSV (*.csv)", True)
+            if not path:
+                return False
+            overwrite = Path(path).exists() and self.confirm(f"{path} exists. Replace it?")
+            self.controller.ranking.to_csv(path, overwrite=overwrite)
+        except Exception as exc:
+            return self._say(str(exc), False)
+        return self._say(f"wrote {path}", True)
+
+    def export_plot(self, path: str | None = None) -> bool:
+        from ..analysis import save_plot
+
+        try:
+            if self.controller.ranking is None:
+                raise ValueError("rank the labels first")
+            path = path or self.ask_path("Export plot", "PNG (*.png)", True)
+            if not path:
+                return False
+            overwrite = Path(path).exists() and self.confirm(f"{path} exists. Replace it?")
+            save_plot(self.figure, path, overwrite=overwrite)
+        except Exception as exc:
+            return self._say(str(exc), False)
+        return self._say(f"wrote {path}", True)
+
+    # ----------------------------------------------------------------- helpers
+    def _say(self, message: str, ok: bool) -> bool:
+        self.last_message = message
+        self.status.setText(message)
+        (show_info if ok else show_error)(message)
+        return ok
+
+    def _ask(self, message: str) -> bool:
+        return QMessageBox.question(self, "napari-pancakes", message) == QMessageBox.Yes
+
+    def _ask_path(self, title: str, filter: str, save: bool) -> str:
+        dialog = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
+        path, _ = dialog(self, title, "", filter)
+        return path

@@ -95,7 +95,9 @@ def test_click_accept_writes_only_this_label_on_this_slice(setup, qtbot):
     assert w.accept(), w.last_message
     assert PREVIEW_NAME not in viewer.layers and POINTS_NAME not in viewer.layers
     out = lab.data
-    assert np.array_equal(out[1] == 2, grown)  # inside the mask -> this label, this label outside -> 0
+    assert np.array_equal(out[1] == 2, grown)  # inside the mask -> this label
+    lost = (labels0[1] == 2) & ~grown
+    assert not (out[1][lost] == 0).any() or not lost.any()  # lost pixels go to another label, not to 0
     assert np.array_equal(out[0], labels0[0]) and np.array_equal(out[2], labels0[2])  # other images untouched
     assert np.array_equal(out[1] == 1, (labels0[1] == 1) & ~grown)  # other label only loses what the mask took
 
@@ -103,7 +105,7 @@ def test_click_accept_writes_only_this_label_on_this_slice(setup, qtbot):
 def test_negative_toggle_and_cancel_restores(setup, qtbot):
     viewer, w, lab, labels0, disk = setup
     assert w.start()
-    w._toggle_negative()  # what the 'n' key does
+    w._toggle_negative()  # what the 'x' key does ('n' is the explorer's next protocol)
     assert w.negative_box.isChecked()
     assert w.click_world(_world(lab, 1, 32, 30))  # inside the label: a negative click removes it there
     _wait(qtbot, w)
@@ -185,4 +187,68 @@ def test_set_target_preselects_layers_label_and_slice(setup):
     assert w.start(), w.last_message
     assert w._target[1].name == "other" and w._target[2] == 2 and w._target[3] == 1
     assert not w.set_target(lab, viewer.layers["img"], 2, 1) and "already open" in w.last_message
+    w.cancel()
+
+
+def test_accept_sends_lost_pixels_to_the_runner_up_label(setup, qtbot):
+    viewer, w, lab, labels0, disk = setup
+    second = np.full(labels0.shape, 7, np.uint8)
+    assert w.set_target(lab, viewer.layers["img"], 2, 1, runner_up=lambda: second), w.last_message
+    assert w.start(), w.last_message
+    w.click_world(_world(lab, 1, 32, 30), positive=False)  # removes part of label 2
+    _wait(qtbot, w)
+    mask = viewer.layers[PREVIEW_NAME].data[1] > 0
+    lost = (labels0[1] == 2) & ~mask
+    assert lost.any()
+    assert w.accept(), w.last_message
+    assert (lab.data[1][lost] == 7).all()  # the protocol's next-most-probable label, not 0
+
+
+def test_accept_without_runner_up_uses_nearest_other_label(setup, qtbot):
+    viewer, w, lab, labels0, disk = setup
+    full = labels0.copy()
+    full[full == 0] = 3  # a protocol covers every pixel
+    lab.data = full
+    assert w.start(), w.last_message
+    w.click_world(_world(lab, 1, 32, 30), positive=False)
+    _wait(qtbot, w)
+    assert w.accept(), w.last_message
+    assert not (lab.data[1] == 0).any(), "no black rims"
+
+
+def test_negative_key_is_not_the_explorers_next_and_dock_fits_small_screens(setup):
+    viewer, w, lab, labels0, disk = setup
+
+    def sentinel(viewer):
+        return None
+
+    viewer.bind_key("n", sentinel, overwrite=True)
+    assert w.start(), w.last_message
+    assert viewer.bind_key("n", sentinel, overwrite=True) is sentinel, "the refine dock must not take 'n'"
+    w._toggle_negative()
+    assert w.negative_box.isChecked()
+    assert w.minimumSizeHint().height() < 768 - 200  # 1366x768 minus the viewer's chrome
+    assert not w.scroll.widget().isAncestorOf(w.buttons["Accept"])  # never scrolled away
+    assert not w.scroll.widget().isAncestorOf(w.buttons["Cancel"])
+    w.cancel()
+    viewer.bind_key("n", None, overwrite=True)
+
+
+def test_box_and_scribble_from_shapes(setup, qtbot):
+    viewer, w, lab, labels0, disk = setup
+    assert w.start(), w.last_message
+    rect = np.array([[1, 14, 18], [1, 14, 54], [1, 50, 54], [1, 50, 18]], float)
+    assert w.add_shape_world(rect, "rectangle"), w.last_message
+    _wait(qtbot, w)
+    assert w.session.box == (14.0, 18.0, 50.0, 54.0)
+    assert w.add_shape_world(np.array([[1, 30, 30], [1, 34, 44]], float), "path", positive=True)
+    _wait(qtbot, w)
+    assert len(w.session.scribbles) == 1
+    assert not w.add_shape_world(np.array([[0, 30, 30], [0, 34, 44]], float), "path"), "other slice refused"
+    # drawing on the Shapes layer goes through the same path
+    w.mode_combo.setCurrentText("scribble")
+    assert viewer.layers.selection.active.name == "refine prompts"
+    viewer.layers["refine prompts"].add_paths([np.array([[1, 25, 25], [1, 38, 40]], float)])
+    _wait(qtbot, w)
+    assert len(w.session.scribbles) == 2
     w.cancel()

@@ -1,9 +1,12 @@
-"""Refine one label of a chosen protocol with clicks (dock widget).
+"""Refine one label of a chosen protocol with clicks, a box and scribbles (dock widget).
 
 Works on any Labels layer aligned with an Image layer (S, H, W) or (H, W): pick both, the
-label id and the slice, press Refine, click on the canvas (left: positive; with the
-'negative' box, the 'n' key, or Ctrl/Alt held: negative). The preview updates after each
-click; Accept writes the refined mask into that slice of the labels only.
+label id and the slice, press Refine, then prompt on the canvas: click (left: positive;
+with the 'negative' box, the 'x' key, or Ctrl/Alt held: negative), or choose *box* / *scribble*
+and drag a rectangle / draw a path on the 'refine prompts' Shapes layer. The preview updates
+after each prompt; Accept writes the refined mask into that slice of the labels only; pixels
+the label loses go to their next-most-probable protocol label (or the nearest other label).
+The buttons sit outside the scrolling part, so Accept/Cancel stay reachable on small screens.
 """
 from __future__ import annotations
 
@@ -12,19 +15,25 @@ from typing import Callable
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
+from scipy import ndimage as ndi
 
 PREVIEW_NAME = "refine preview"
 POINTS_NAME = "refine clicks"
-THREAD_ABOVE_S = 0.05  # model calls slower than this (measured at start) go to a thread worker
+SHAPES_NAME = "refine prompts"
+THREAD_ABOVE_S = 0.04  # prompts slower than this (measured at start) go to a thread worker
 POS_COLOR, NEG_COLOR = "lime", "red"
+NEGATIVE_KEY = "x"  # 'n' is "next protocol" in the explorer: one meaning per key
+PROMPT_MODES = ("click", "box", "scribble")
 
 
 class RefineWidget(QWidget):
     """Dock widget driving a :class:`~napari_pancakes.refine.RefineSession` on one slice."""
 
     def __init__(self, napari_viewer, refiner=None, refiner_loader: Callable | None = None):
+        from ..refine import METHODS
+
         super().__init__()
         self.viewer = napari_viewer
         self._refiner = refiner
@@ -34,7 +43,9 @@ class RefineWidget(QWidget):
         self.worker = None
         self._pending: list[tuple[float, float, bool]] = []
         self._target = None  # (image layer, labels layer, slice index or None, label id)
-        self._old_n_binding = None
+        self._old_key_binding = None
+        self._runner_up = None  # callable -> the protocol's next-most-probable labels (layer shape)
+        self._n_shapes = 0
         self.last_message = ""
 
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
@@ -42,8 +53,16 @@ class RefineWidget(QWidget):
         self.label_spin.setRange(1, 2**31 - 1)
         self.slice_spin = QSpinBox()
         self.slice_spin.setRange(0, 0)
-        self.negative_box = QCheckBox("negative clicks (n)")
+        self.negative_box = QCheckBox(f"negative prompts ({NEGATIVE_KEY})")
         self.auto_box = QCheckBox("seed with automatic clicks from the label")
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(PROMPT_MODES)
+        self.mode_combo.setToolTip("click: points on the canvas; box: drag a rectangle; scribble: draw a path")
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(list(METHODS))
+        self.method_combo.setCurrentText("hybrid")
+        self.method_combo.setToolTip("hybrid: network + edge-following random walker; network alone; classical: "
+                                     "random walker alone (see docs/refinement.md)")
         self.buttons = {name: QPushButton(name) for name in ("Refine", "Undo", "Redo", "Clear", "Accept", "Cancel")}
         self.status = QLabel("choose the labels and image layers, then Refine")
         self.status.setWordWrap(True)
@@ -53,19 +72,27 @@ class RefineWidget(QWidget):
         form.addRow("image", self.image_combo)
         form.addRow("label id", self.label_spin)
         form.addRow("image index", self.slice_spin)
+        form.addRow("prompt", self.mode_combo)
+        form.addRow("predictor", self.method_combo)
         row1, row2 = QHBoxLayout(), QHBoxLayout()
         for name in ("Refine", "Undo", "Redo"):
             row1.addWidget(self.buttons[name])
         for name in ("Clear", "Accept", "Cancel"):
             row2.addWidget(self.buttons[name])
+        inner = QWidget()
+        body = QVBoxLayout(inner)
+        body.addLayout(form)
+        body.addWidget(self.negative_box)
+        body.addWidget(self.auto_box)
+        body.addWidget(self.status)
+        body.addStretch()
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setWidget(inner)
         lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addWidget(self.negative_box)
-        lay.addWidget(self.auto_box)
-        lay.addLayout(row1)
+        lay.addLayout(row1)  # the buttons stay visible however small the dock is
         lay.addLayout(row2)
-        lay.addWidget(self.status)
-        lay.addStretch()
+        lay.addWidget(self.scroll, 1)
 
         self.buttons["Refine"].clicked.connect(lambda: self.start())
         self.buttons["Undo"].clicked.connect(lambda: self.undo())
@@ -77,6 +104,7 @@ class RefineWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.dims.events.current_step.connect(self._follow_slice)
+        self.mode_combo.currentTextChanged.connect(self._mode_changed)
         self._refresh_layers()
         self._update_buttons()
 
@@ -114,12 +142,14 @@ class RefineWidget(QWidget):
         s = int(np.round(labels.world_to_data(self.viewer.dims.point)[0]))
         self.slice_spin.setValue(int(np.clip(s, 0, labels.data.shape[0] - 1)))
 
-    def set_target(self, labels_layer, image_layer, label_id: int, slice_index: int | None = None) -> bool:
+    def set_target(self, labels_layer, image_layer, label_id: int, slice_index: int | None = None,
+                   runner_up: Callable | None = None) -> bool:
         """Preselect what to refine (the explorer's *Refine label...* calls this): the labels and
         image layers, the label id and, for (S, H, W) layers, the image index (the viewer's
-        slider moves there, since clicks must land on it). Nothing starts until Refine is
-        pressed. Returns False (with a message) while a session is open or when a layer is not
-        in the viewer."""
+        slider moves there, since clicks must land on it). ``runner_up``: a callable giving the
+        protocol's next-most-probable label per pixel (the labels layer's shape), where Accept
+        sends the pixels the label loses. Nothing starts until Refine is pressed. Returns False
+        (with a message) while a session is open or when a layer is not in the viewer."""
         if self.session is not None:
             return self._say("a session is already open: Accept or Cancel it first", False)
         for layer, kind in ((labels_layer, "labels"), (image_layer, "image")):
@@ -129,6 +159,7 @@ class RefineWidget(QWidget):
         if int(label_id) < 1:
             return self._say("label 0 is the background; choose a label to refine", False)
         self._refresh_layers()  # picks up renamed layers too
+        self._runner_up = (labels_layer.name, runner_up) if runner_up is not None else None
         self.labels_combo.setCurrentText(labels_layer.name)
         self.image_combo.setCurrentText(image_layer.name)
         self._labels_changed()  # slice range of this labels layer
@@ -177,11 +208,14 @@ class RefineWidget(QWidget):
         img2d = np.asarray(image.data[s] if s is not None else image.data)
         lab2d = np.asarray(labels.data[s] if s is not None else labels.data)
         initial = lab2d == label_id
+        method = self.method_combo.currentText()
         try:
-            refiner = self.refiner
+            refiner = self.refiner if method != "classical" else None
+            self.session = RefineSession(refiner, img2d, initial_mask=initial if initial.any() else None, method=method)
+            probe = RefineSession(refiner, img2d, method=method)  # warm-up + timing of one prompt
+            h, w = probe.shape
             t0 = time.perf_counter()
-            self.session = RefineSession(refiner, img2d, initial_mask=initial if initial.any() else None)
-            refiner.predict_work(self.session._work, [], [], self.session.state.logits)  # warm-up + timing
+            probe.add_click((h - 1) / 2, (w - 1) / 2, True)
             self.call_seconds = time.perf_counter() - t0
         except (ValueError, FileNotFoundError) as exc:
             self.session = None
@@ -189,11 +223,11 @@ class RefineWidget(QWidget):
         self.use_thread = self.call_seconds > THREAD_ABOVE_S
         self._target = (image, labels, s, label_id)
         self._add_temp_layers(labels, s)
-        self._old_n_binding = self.viewer.bind_key("n", self._toggle_negative, overwrite=True)
+        self._old_key_binding = self.viewer.bind_key(NEGATIVE_KEY, self._toggle_negative, overwrite=True)
         msg = f"refining label {label_id}" + (f" on image {s}" if s is not None else "")
         if self.auto_box.isChecked() and initial.any():
             pos, neg = prompts_from_mask(initial)
-            self._submit([(y, x, True) for y, x in pos] + [(y, x, False) for y, x in neg])
+            self._submit([("click", y, x, True) for y, x in pos] + [("click", y, x, False) for y, x in neg])
             msg += f" (seeded with {len(pos)}+/{len(neg)}- automatic clicks)"
         self._show()
         return self._say(msg + ": click to add points", True)
@@ -207,7 +241,58 @@ class RefineWidget(QWidget):
                                              face_color=POS_COLOR, border_color="white")
         self.points.mode = "pan_zoom"
         self.points.mouse_drag_callbacks.append(self._on_mouse)
-        self.viewer.layers.selection.active = self.points
+        self.shapes = self.viewer.add_shapes(ndim=labels.ndim, name=SHAPES_NAME, scale=labels.scale,
+                                             translate=labels.translate, edge_width=max(1, 0.005 * max(labels.data.shape[-2:])),
+                                             edge_color=POS_COLOR, face_color="transparent")
+        self._n_shapes = 0
+        self.shapes.events.data.connect(self._on_shapes)
+        self._mode_changed(self.mode_combo.currentText())
+
+    def _mode_changed(self, mode=None):
+        """Activate the layer and napari mode of the chosen prompt kind."""
+        if self.session is None:
+            return
+        mode = mode or self.mode_combo.currentText()
+        if mode == "click":
+            self.viewer.layers.selection.active = self.points
+        else:
+            self.viewer.layers.selection.active = self.shapes
+            self.shapes.mode = "add_rectangle" if mode == "box" else "add_path"
+            self.shapes.current_edge_color = NEG_COLOR if (mode == "scribble" and self.negative_box.isChecked()) else POS_COLOR
+
+    def _on_shapes(self, event=None):
+        """A finished rectangle sets the box; a finished path adds a scribble."""
+        if self.session is None or len(self.shapes.data) <= self._n_shapes:
+            self._n_shapes = len(self.shapes.data)
+            return
+        new = list(zip(self.shapes.data[self._n_shapes:], self.shapes.shape_type[self._n_shapes:]))
+        self._n_shapes = len(self.shapes.data)
+        for verts, kind in new:
+            self.add_shape_world(np.asarray(verts), kind)
+
+    def add_shape_world(self, vertices_data, kind: str, positive: bool | None = None) -> bool:
+        """Use a shape (vertices in the labels layer's data coordinates) as a prompt:
+        'rectangle' -> the box, 'path'/'line'/other -> a scribble along its vertices."""
+        if self.session is None:
+            return self._say("press Refine first", False)
+        _, labels, s, _ = self._target
+        v = np.asarray(vertices_data, float).reshape(-1, labels.ndim)
+        if s is not None and not np.all(np.round(v[:, 0]) == s):
+            return self._say(f"draw on image {s} (the one being refined)", False)
+        yx = v[:, -2:]
+        if positive is None:
+            positive = not self.negative_box.isChecked()
+        if kind == "rectangle":
+            box = (yx[:, 0].min(), yx[:, 1].min(), yx[:, 0].max(), yx[:, 1].max())
+            self._submit([("box", box)])
+        else:
+            h, w = self.session.shape
+            inside = (yx[:, 0] >= -0.5) & (yx[:, 0] <= h - 0.5) & (yx[:, 1] >= -0.5) & (yx[:, 1] <= w - 0.5)
+            if not inside.any():
+                return self._say("draw inside the image", False)
+            pts = [(float(np.clip(y, 0, h - 1)), float(np.clip(x, 0, w - 1))) for y, x in yx[inside]]
+            self._submit([("scribble", pts, bool(positive))])
+        return True
 
     def _on_mouse(self, layer, event):
         """A click without dragging adds a point (dragging still pans)."""
@@ -223,6 +308,7 @@ class RefineWidget(QWidget):
 
     def _toggle_negative(self, viewer=None):
         self.negative_box.setChecked(not self.negative_box.isChecked())
+        self._mode_changed()
 
     def click_world(self, world_position, positive: bool | None = None) -> bool:
         """Add a click given in world coordinates (what the canvas reports)."""
@@ -239,7 +325,7 @@ class RefineWidget(QWidget):
         y, x = float(np.clip(y, 0, h - 1)), float(np.clip(x, 0, w - 1))
         if positive is None:
             positive = not self.negative_box.isChecked()
-        self._submit([(y, x, positive)])
+        self._submit([("click", y, x, positive)])
         return True
 
     def _submit(self, clicks):
@@ -251,19 +337,35 @@ class RefineWidget(QWidget):
         else:
             self._apply_pending()
 
+    @staticmethod
+    def _run_prompts(session, items):
+        """Apply queued prompts in order (runs of clicks become one model call)."""
+        clicks = []
+        for item in items + [("end",)]:
+            if item[0] == "click":
+                clicks.append(item[1:])
+                continue
+            if clicks:
+                session.add_clicks([(y, x) for y, x, p in clicks if p], [(y, x) for y, x, p in clicks if not p])
+                clicks = []
+            if item[0] == "box":
+                session.set_box(item[1])
+            elif item[0] == "scribble":
+                session.add_scribble(item[1], item[2])
+
     def _apply_pending(self):
-        clicks, self._pending = self._pending, []
-        self.session.add_clicks([(y, x) for y, x, p in clicks if p], [(y, x) for y, x, p in clicks if not p])
+        items, self._pending = self._pending, []
+        try:
+            self._run_prompts(self.session, items)
+        except ValueError as exc:
+            self._say(str(exc), False)
         self._show()
 
     def _start_worker(self):
         from napari.qt.threading import create_worker
 
-        clicks, self._pending = self._pending, []
-        session = self.session
-        pos = [(y, x) for y, x, p in clicks if p]
-        neg = [(y, x) for y, x, p in clicks if not p]
-        self.worker = create_worker(session.add_clicks, pos, neg, _start_thread=False)
+        items, self._pending = self._pending, []
+        self.worker = create_worker(self._run_prompts, self.session, items, _start_thread=False)
         self.worker.finished.connect(self._worker_done)
         self.worker.errored.connect(lambda exc: self._say(f"refinement failed: {exc}", False))
         self.worker.start()
@@ -294,7 +396,9 @@ class RefineWidget(QWidget):
         if clicks:
             self.points.face_color = [POS_COLOR if p else NEG_COLOR for _, _, p in clicks]
         self._update_buttons()
-        self._say(f"{len(clicks)} clicks, {int(mask.sum())} pixels", True)
+        extra = (", a box" if self.session.box is not None else "") + (
+            f", {len(self.session.scribbles)} scribbles" if self.session.scribbles else "")
+        self._say(f"{len(clicks)} clicks{extra}, {int(mask.sum())} pixels", True)
 
     def undo(self):
         if self.session is not None and self.worker is None:
@@ -312,7 +416,9 @@ class RefineWidget(QWidget):
             self._show()
 
     def accept(self) -> bool:
-        """Write the mask into the chosen slice: this label outside it -> 0, inside it -> this label."""
+        """Write the mask into the chosen slice: inside it -> this label; pixels of this label
+        outside it -> their next-most-probable protocol label (when the explorer gave one,
+        else the nearest other label; 0 only when no other label exists)."""
         if self.session is None:
             return self._say("nothing to accept", False)
         if self.worker is not None:
@@ -321,7 +427,9 @@ class RefineWidget(QWidget):
         mask = self.session.mask
         data = labels.data
         lab = np.array(data[s] if s is not None else data)
-        lab[(lab == label_id) & ~mask] = 0
+        removed = (lab == label_id) & ~mask
+        if removed.any():
+            lab[removed] = self._refill(lab, removed, labels, s, label_id)
         lab[mask] = label_id
         if s is not None:
             data[s] = lab
@@ -331,6 +439,27 @@ class RefineWidget(QWidget):
         n = int(mask.sum())
         self._end()
         return self._say(f"accepted: label {label_id} now covers {n} pixels" + (f" on image {s}" if s is not None else ""), True)
+
+    def _refill(self, lab, removed, labels, s, label_id) -> np.ndarray:
+        """Labels for the pixels ``removed`` from ``label_id``: the protocol's runner-up where
+        known and different, else the nearest pixel of another label (0 if there is none)."""
+        fill = np.zeros(int(removed.sum()), lab.dtype)
+        todo = np.ones(fill.shape, bool)
+        if self._runner_up is not None and self._runner_up[0] == labels.name:
+            try:
+                second = np.asarray(self._runner_up[1]())
+                second = second[s] if s is not None else second
+                cand = second[removed]
+                ok = (cand != label_id) & (cand != 0)
+                fill[ok], todo = cand[ok], ~ok
+            except ValueError as exc:  # e.g. the image changed since the run
+                self._say(f"runner-up labels unavailable ({exc}); using the nearest label", True)
+        other = lab != label_id
+        if todo.any() and other.any():
+            idx = ndi.distance_transform_edt(~other, return_distances=False, return_indices=True)
+            near = lab[idx[0], idx[1]][removed]
+            fill[todo] = near[todo]
+        return fill
 
     def cancel(self) -> bool:
         """Drop the session and the temporary layers; the labels are left as they were."""
@@ -342,11 +471,11 @@ class RefineWidget(QWidget):
     def _end(self):
         self.session = None
         self._pending = []
-        for name in (PREVIEW_NAME, POINTS_NAME):
+        for name in (PREVIEW_NAME, POINTS_NAME, SHAPES_NAME):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-        self.viewer.bind_key("n", self._old_n_binding, overwrite=True)  # None unbinds
-        self._old_n_binding = None
+        self.viewer.bind_key(NEGATIVE_KEY, self._old_key_binding, overwrite=True)  # None unbinds
+        self._old_key_binding = None
         _, labels, _, _ = self._target
         if labels in self.viewer.layers:
             self.viewer.layers.selection.active = labels

@@ -122,6 +122,8 @@ def test_export_round_trip(setup, tmp_path):
     [
         (lambda v: None, "no image layer"),
         (lambda v: v.add_labels(np.zeros((8, 8), np.uint8)), "Labels layer"),
+        (lambda v: __import__("napari.utils._proxies", fromlist=["PublicOnlyProxy"]).PublicOnlyProxy(
+            v.add_points(np.zeros((2, 2)), name="pts")), "'pts' is a Points layer"),  # a plugin's proxied layer
         (lambda v: v.add_image(np.zeros((2, 3, 8, 8))), "spatial dimensions"),
     ],
 )

@@ -169,7 +169,8 @@ class ProtocolController:
                              "(e.g. File > Open Sample > Pancakes protocol explorer > Nuclei)")
         if not isinstance(layer, Image):
             raise ValueError(
-                f"layer '{layer.name}' is a {type(layer).__name__} layer; choose an Image layer "
+                f"layer '{layer.name}' is a {type(getattr(layer, '__wrapped__', layer)).__name__} layer; "
+                "choose an Image layer "
                 "(a 2D image, an (S, H, W) stack or a 3D volume)"
             )
         if layer.multiscale:

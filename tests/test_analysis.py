@@ -158,3 +158,16 @@ def test_cli_analyze(tmp_path, capsys):
     bad.write_text("image,size\nnope,1\nnada,2\n")
     assert main(["analyze", str(folder), "--table", str(bad), "--outcome", "size", "--out", str(tmp_path / "o2")]) == 2
     assert "matches an image" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_spearman_p_values_for_small_sets():
+    # a perfect rank agreement of 5 images: 2 of the 120 orderings are as extreme (p = 1/60),
+    # not the ~1e-24 of the t approximation
+    rho, p = analysis.spearman([1, 2, 3, 4, 5], [2, 4, 6, 8, 11])
+    assert rho == pytest.approx(1.0) and p == pytest.approx(1 / 60)
+    x = np.random.default_rng(0).random(12)
+    y = x + np.random.default_rng(1).random(12)
+    rho, p = analysis.spearman(x, y)  # permutation p close to scipy's for moderate n
+    assert abs(p - stats.spearmanr(x, y).pvalue) < 0.05
+    big = np.random.default_rng(2).random(40)
+    assert analysis.spearman(big, big[::-1])[1] == pytest.approx(stats.spearmanr(big, big[::-1]).pvalue)

@@ -192,12 +192,15 @@ def test_derived_partitions_and_intensity_protocols():
     labels = np.zeros((3, 32, 32), np.int64)
     labels[:, 8:20, 8:20] = 1
     labels[:, 22:30, 2:30] = 2
-    parts = [derive_partition(rng, labels, max_labels=2) for _ in range(30)]
-    parts = [p for p in parts if p is not None]  # None: a random merge left one label; the sampler redraws
+    parts = [derive_partition(rng, labels, max_labels=1) for _ in range(30)]
+    parts = [p for p in parts if p is not None]  # None: a random merge left no structure; the sampler redraws
     assert len(parts) >= 15
     for part in parts:
         assert part.shape == labels.shape
-        assert part.max() == 1 and part.min() == 0  # two labels (max_labels), numbered from 0
+        assert set(np.unique(part)) == {-1, 0}  # one structure (max_labels), the background left free
+        assert np.all(part[labels == 0] == -1)
+    part = derive_partition(np.random.default_rng(1), labels, groups=[np.array([0, 1, 2])], natural=1.0)
+    assert np.array_equal(part, labels - 1)  # the annotation as is: both structures, background free
     images = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (3, 32, 1))
     part = intensity_partition(rng, images, max_labels=4)
     assert 2 <= part.max() + 1 <= 4

@@ -249,23 +249,29 @@ def _compact(protocol: np.ndarray) -> np.ndarray:
 
 def derive_partition(rng: np.random.Generator, labels: np.ndarray, groups: list[np.ndarray] = (),
                      max_labels: int = 40, natural: float = 0.5) -> np.ndarray | None:
-    """A whole protocol (S, H, W) with labels 0..L-1, 2 <= L <= ``max_labels``, or None.
+    """A protocol's structures as one target (S, H, W): labels 0..L-1, -1 where unsupervised.
 
     The dense counterpart of :func:`derive_target`: the same protocol family (as annotated,
     a natural coarsening, a random merge, foreground vs background, or one label vs the
-    rest, the paper's binary case), but every resulting label is a target at once
-    (:func:`..loss.best_protocol_partition_loss`). Protocols with more labels than
-    ``max_labels`` are randomly merged down to it.
+    rest), but every structure of the protocol is a target at once
+    (:func:`..loss.best_protocol_partition_loss`). The group that holds the annotation's
+    background (id 0) is left free (-1): background is rarely one structure (body and air on
+    an X-ray), and leaving it free lets the protocol's other labels split it, as the
+    paper's binary loss does. Protocols with more than ``max_labels`` structures are randomly
+    merged down to it. None when no structure is left.
     """
     mapping = protocol_mapping(rng, labels, groups, natural, one_vs_rest=0.15)
     if mapping is None:
         return None
-    protocol = _compact(mapping[labels])
-    n_used = int(protocol.max()) + 1
-    if n_used > max_labels:
-        protocol = rng.permutation(np.resize(np.arange(max_labels), n_used))[protocol]  # every group used
-    if protocol.max() < 1:
+    protocol = mapping[labels]
+    free = protocol == mapping[0]
+    if free.all():
         return None
+    protocol = np.where(free, -1, _compact(np.where(free, protocol.min() - 1, protocol)) - 1)
+    n_used = int(protocol.max()) + 1
+    if n_used > max_labels:  # merge down, every group used
+        merged = rng.permutation(np.resize(np.arange(max_labels), n_used))
+        protocol = np.where(free, -1, merged[np.maximum(protocol, 0)])
     return protocol
 
 

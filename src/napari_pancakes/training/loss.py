@@ -89,10 +89,11 @@ def match_labels(costs) -> tuple[list[int], list[int]]:
 
 def best_protocol_partition_loss(features: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor,
                                  labels: torch.Tensor, head_logits) -> tuple[torch.Tensor, int]:
-    """Dense version of eq. 6: every label of a protocol-derived partition is supervised at once.
+    """Dense version of eq. 6: every structure of a protocol-derived target is supervised at once.
 
     The paper trains one (m, k) pair per set and step, so most of the grid gets no signal.
-    Here the target is a whole label map (S, H, W) with labels 0..L-1 (L <= K); within each
+    Here the target is a label map (S, H, W) with labels 0..L-1 (L <= K) and -1 where no
+    label is asked for (those pixels still count against any label that covers them); within each
     protocol m its K labels are matched one-to-one to the L target labels (Hungarian, on
     set-mean soft Dice), the protocol with the lowest mean matched loss wins, and the loss is
     that mean. A protocol where one label covers everything now scores badly on every other
@@ -103,7 +104,7 @@ def best_protocol_partition_loss(features: torch.Tensor, weights: torch.Tensor, 
     Returns the loss and the winning protocol index.
     """
     n_labels = int(labels.max()) + 1
-    onehot = torch.nn.functional.one_hot(labels.long(), n_labels).permute(0, 3, 1, 2)
+    onehot = torch.nn.functional.one_hot(labels.long() + 1, n_labels + 1)[..., 1:].permute(0, 3, 1, 2)
     with torch.no_grad():
         prob = torch.softmax(head_logits(features.detach(), weights.detach(), bias.detach()).float(), dim=2)
         costs = _partition_costs(prob, onehot).cpu().numpy()  # (M, K, L)

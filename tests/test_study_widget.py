@@ -87,10 +87,13 @@ def test_propagate_and_undo(setup):
     viewer.dims.set_point(0, 0)
     assert w.propagate(), w.last_message
     assert "images changed" in w.last_message
+    changed = viewer.layers[f"{chosen.name} changed"]  # what changed is shown
+    np.testing.assert_array_equal(changed.data.astype(bool), chosen.data != painted)
     np.testing.assert_array_equal(chosen.data[0], painted[0])  # the corrected image stays as drawn
     assert "learned" in tag(chosen)["protocol"] and tag(chosen)["protocol"]["learned"]
     assert w.undo()
     np.testing.assert_array_equal(chosen.data, painted)
+    assert f"{chosen.name} changed" not in viewer.layers
     assert not w.undo() and "nothing to undo" in w.last_message
 
 

@@ -171,8 +171,25 @@ class StudyController:
         meta[TAG] = {**meta.get(TAG, {}), "edited": True, "protocol": ps.protocol.to_dict(), "role": STUDY_ROLE}
         meta[TAG].setdefault("source", source)
         layer.metadata = meta
+        self._show_changes(layer, previous != np.asarray(layer.data))
         self.history.append((layer, previous, record, info))
         return record
+
+    def changes_name(self, layer) -> str:
+        return f"{layer.name} changed"
+
+    def _show_changes(self, layer, changed) -> None:
+        """A Labels layer marking (1) every pixel the propagation changed; replaced by the next one."""
+        name = self.changes_name(layer)
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        if changed is None:
+            return
+        marks = self.viewer.add_labels(changed.astype(np.uint8), name=name, scale=tuple(layer.scale),
+                                       translate=tuple(layer.translate), opacity=0.9,
+                                       metadata={TAG: {"role": "changes", "source": layer.name}})
+        _set_colors(marks, {1: "#ff00ff"}, 1)
+        self.viewer.layers.selection.active = layer
 
     def undo(self):
         """Undo the last propagation: the layer's pixels and protocol as they were."""
@@ -180,6 +197,7 @@ class StudyController:
             return None
         layer, previous, record, info = self.history.pop()
         layer.data = previous
+        self._show_changes(layer, None)
         meta = dict(layer.metadata)
         meta[TAG] = info
         layer.metadata = meta

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -28,7 +29,7 @@ from qtpy.QtWidgets import (
 
 from .study import StudyController, image_layers, protocol_layers
 
-TABLE_COLUMNS = ["rank", "protocol", "label", "name", "test", "effect", "q"]
+TABLE_COLUMNS = ["#", "prot.", "label", "effect", "q"]
 
 
 class StudyWidget(QWidget):
@@ -94,10 +95,8 @@ class StudyWidget(QWidget):
     def _build_correct_panel(self) -> QGroupBox:
         box = QGroupBox("Correct once, fix everywhere")
         layout = QVBoxLayout(box)
-        hint = QLabel("Paint or refine the selected label on one image, then propagate: the label's direction "
-                      "is learnt from that image and every image is re-labelled.")
-        hint.setWordWrap(True)
-        layout.addWidget(hint)
+        box.setToolTip("Paint or refine the selected label on one image, then propagate: the label's direction "
+                       "is learnt from that image and every image is re-labelled.")
         row = QHBoxLayout()
         self.propagate_button = QPushButton("Propagate to all images")
         self.propagate_button.clicked.connect(lambda: self.propagate())
@@ -137,17 +136,19 @@ class StudyWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.Stretch)
-        self.table.setMinimumHeight(150)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.table.horizontalHeaderItem(3).setToolTip("Spearman's rho; rank-biserial (2 groups); epsilon² (3+ groups)")
+        self.table.horizontalHeaderItem(4).setToolTip("Benjamini-Hochberg corrected p over all labels tested")
+        self.table.setMinimumHeight(120)
         self.table.itemSelectionChanged.connect(self._on_row_selected)
         layout.addWidget(self.table)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(4.5, 3.2), dpi=80)
+        self.figure = Figure(figsize=(4.2, 3.0), dpi=72)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
+        self.canvas.setMinimumHeight(230)
         layout.addWidget(self.canvas)
         row = QHBoxLayout()
         self.export_table_button = QPushButton("Export table...")
@@ -189,7 +190,8 @@ class StudyWidget(QWidget):
             protocol = self.controller.save_protocol(layer, path, overwrite=overwrite)
         except Exception as exc:  # shown to the user, never a traceback
             return self._say(str(exc), False)
-        return self._say(f"saved protocol {protocol.index + 1} of M={protocol.m}, K={protocol.k} to {path}", True)
+        return self._say(f"saved '{layer.name}' (model protocol {protocol.index + 1} of M={protocol.m}, K={protocol.k}) "
+                         f"to {path}", True)
 
     def load_protocol(self, path: str | None = None) -> bool:
         try:
@@ -270,9 +272,12 @@ class StudyWidget(QWidget):
     def _fill_table(self, ranking):
         self.table.setRowCount(len(ranking.rows))
         for i, r in enumerate(ranking.rows):
-            values = [r["rank"], r["protocol"], r["label"], r["name"], r["test"], f"{r['effect']:+.2f}", f"{r['q']:.2g}"]
+            values = [r["rank"], r["protocol"], r["label"], f"{r['effect']:+.2f}", f"{r['q']:.2g}"]
             for j, v in enumerate(values):
-                self.table.setItem(i, j, QTableWidgetItem(str(v)))
+                item = QTableWidgetItem(str(v))
+                item.setToolTip(f"{r['name']}: {r['test']}, statistic {r['statistic']:.3g}, p = {r['p']:.3g}, "
+                                f"n = {r['n']}, present in {r['present_in']} images")
+                self.table.setItem(i, j, item)
 
     def _on_row_selected(self):
         rows = {i.row() for i in self.table.selectedIndexes()}

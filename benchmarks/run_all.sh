@@ -12,5 +12,9 @@ python benchmarks/bench_inference.py --out "$R/inference.json" | tee "$R/inferen
 python -m napari_pancakes.evaluate --data-root "$DATA" --n-sets 8 --sweep --methods pancakes,kmeans,slic,random_init --out "$R/eval"
 python benchmarks/bench_refine.py --out "$R"
 python benchmarks/bench_training.py --steps 20 --features 32 --out "$R/training.json"
+python benchmarks/bench_apply.py --sizes 200,2000 --out "$R/apply.json" | tee "$R/apply.txt"
+NAPARI_PANCAKES_DATA="$DATA" python benchmarks/bench_propagate.py --sets 8 --out "$R/propagate.json" | tee "$R/propagate.txt"
+napari-pancakes analyze src/napari_pancakes/sample_data/dsb2018_nuclei_fluorescence.tif --table docs/study_outcomes.csv \
+    --outcome burden --m 8 --k 20 --device cpu --out "$R/study_sample" --overwrite
 XVFB=""; [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null && XVFB="xvfb-run -a"
 $XVFB python benchmarks/bench_widget_responsiveness.py | tee "$R/widget_responsiveness.txt"

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from napari_pancakes.refine import RefineSession, load_refiner, prompts_from_mask
-from napari_pancakes.refine.model import DEFAULT_REFINER_WEIGHTS, RefinerNet, save_refiner
+from napari_pancakes.refine.network import RefinerNet
+from napari_pancakes.io_weights import save_weights
+from napari_pancakes.refine.predictor import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT
 from napari_pancakes.training.simulate import clicks_to_reach, dice, next_click, simulate_session
 
 
@@ -140,7 +142,7 @@ def test_bad_input_raises_clear_errors(refiner):
 
 
 def test_weights_roundtrip_and_wrong_file(tmp_path, refiner):
-    path = save_refiner(refiner.net, tmp_path / "r.safetensors")
+    path = save_weights(refiner.net, tmp_path / "r.safetensors", fmt=REFINER_FORMAT)
     again = load_refiner(path, device="cpu")
     img, _ = disk_image()
     assert np.array_equal(again.predict(img, [(48, 56)]), refiner.predict(img, [(48, 56)]))
@@ -164,7 +166,7 @@ def test_simulated_session_improves(refiner):
 
 
 def test_clicked_spot_always_follows_the_click():
-    from napari_pancakes.refine.model import honour_clicks
+    from napari_pancakes.refine.predictor import honour_clicks
 
     mask = np.zeros((300, 300), bool)
     out = honour_clicks(mask.copy(), [(10.0, 20.0, True), (150.2, 150.7, True), (150.2, 150.7, False)])
@@ -177,3 +179,89 @@ def test_predict_honours_clicks(refiner):
     img, truth = disk_image()
     pred = refiner.predict(img, positive=[(5, 5)], negative=[(48, 56)], prior=truth)
     assert pred[5, 5] and not pred[48, 56]
+
+
+# --- walker, locality, box and scribbles (issue 11, issue 12 defect 4) ------------------------
+def test_walker_is_scikit_image_random_walker_without_prior():
+    from skimage.segmentation import random_walker
+
+    from napari_pancakes.refine.walker import random_walk
+
+    img, truth = disk_image(h=40, w=44, cy=20, cx=22, r=10)
+    img = (img - img.min()) / np.ptp(img)
+    seeds = np.zeros(img.shape, np.int32)
+    seeds[20, 22] = 1
+    seeds[0, :] = 2
+    ref = random_walker(img.astype(np.float64), seeds, beta=130, mode="bf", return_full_prob=True)[0]
+    ours = random_walk(img, seeds == 1, seeds == 2)
+    assert np.abs(ours - ref).max() < 1e-4
+    # a prior pulls unseeded pixels toward it
+    prior = np.zeros(img.shape, np.float32)
+    prior[:, :5] = 1
+    pulled = random_walk(img, seeds == 1, seeds == 2, prior=prior, lam=1.0)
+    assert pulled[30, 2] > ours[30, 2] + 0.3
+
+
+def test_negative_click_is_local():
+    from napari_pancakes.refine.session import localise
+
+    prev = np.zeros((120, 120), bool)
+    prev[20:40, 20:40] = True  # a correct object
+    prev[80:100, 80:100] = True  # another one
+    erased = np.zeros_like(prev)  # a predictor that wiped everything
+    # a negative click in empty background far from both keeps both
+    assert np.array_equal(localise(prev, erased, 60, 110, radius=12), prev)
+    # a negative click on one object may remove that object only
+    out = localise(prev, erased, 30, 30, radius=12)
+    assert not out[20:40, 20:40].any() and out[80:100, 80:100].all()
+
+
+@pytest.mark.parametrize("method", ["network", "hybrid", "classical"])
+def test_session_negative_click_in_background_keeps_distant_objects(refiner, method):
+    img, truth = disk_image(h=128, w=128, cy=40, cx=40, r=14)
+    yy, xx = np.mgrid[0:128, 0:128]
+    second = (yy - 90) ** 2 + (xx - 90) ** 2 < 12**2
+    img = img + 0.6 * second
+    both = truth | second
+    s = RefineSession(refiner if method != "classical" else None, img, initial_mask=both, method=method)
+    after = s.add_click(10, 120, positive=False)
+    assert not after[10, 120]
+    assert after[truth].mean() > 0.9 and after[second].mean() > 0.9
+
+
+@pytest.mark.parametrize("method", ["network", "hybrid", "classical"])
+def test_box_and_scribble_prompts(refiner, method):
+    img, truth = disk_image(h=96, w=160, cy=48, cx=56, r=20)
+    yy, xx = np.mgrid[0:96, 0:160]
+    other = (yy - 48) ** 2 + (xx - 125) ** 2 < 18**2  # a similar object outside the box
+    img = img + 0.6 * other
+    ref = refiner if method != "classical" else None
+    if method == "network" and refiner.config.in_channels < 5:
+        pytest.skip("these weights have no box channel")
+    s = RefineSession(ref, img, method=method)
+    boxed = s.set_box((26, 34, 70, 78))
+    assert s.box == (26.0, 34.0, 70.0, 78.0)
+    assert dice(boxed, truth) > 0.7 and boxed[other].mean() < 0.1, (dice(boxed, truth), boxed[other].mean())
+    s = RefineSession(ref, img, method=method)
+    drawn = s.add_scribble([(48, 45), (50, 56), (47, 66)], positive=True)
+    assert dice(drawn, truth) > 0.7, dice(drawn, truth)
+    assert len(s.scribbles) == 1 and s.undo().sum() == 0
+    with pytest.raises(ValueError, match="empty"):
+        s.set_box((10, 10, 10.2, 40))
+
+
+def test_four_channel_files_load_and_gain_a_neutral_box_channel(tmp_path):
+    import torch
+
+    from napari_pancakes.refine.network import RefinerConfig, with_box_channel
+
+    torch.manual_seed(0)
+    old = RefinerNet(RefinerConfig(in_channels=4))
+    path = save_weights(old, tmp_path / "old.safetensors", fmt=REFINER_FORMAT)
+    loaded = load_refiner(path, device="cpu")
+    assert loaded.config.in_channels == 4
+    new = with_box_channel(loaded.net)
+    x = torch.rand(1, 4, 128, 128)
+    x5 = torch.cat([x[:, :3], torch.zeros(1, 1, 128, 128), x[:, 3:]], 1)
+    with torch.no_grad():
+        assert torch.allclose(old(x), new(x5), atol=1e-5)

@@ -28,13 +28,16 @@ def best_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def save_weights(model: torch.nn.Module, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``model``'s state and config (and ``extra`` metadata) to a safetensors file."""
+def save_weights(model: torch.nn.Module, path: str | Path, extra: dict | None = None,
+                 fmt: str = "napari-pancakes/1") -> Path:
+    """Write ``model``'s state and config (and ``extra`` metadata) to a safetensors file.
+
+    ``fmt``: the metadata "format" (the click refiner's files use "napari-pancakes-refiner/1")."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"config": json.dumps(model.config.to_dict()), "format": "napari-pancakes/1"}
+    meta = {"config": json.dumps(model.config.to_dict()), "format": fmt}
     for key, value in (extra or {}).items():
         meta[key] = value if isinstance(value, str) else json.dumps(value)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -21,7 +21,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..preprocess import normalize_intensity
-from .model import MASK_LOGIT, Refiner, _check_image, _check_points, honour_clicks
+from .network import MASK_LOGIT
+from .predictor import Refiner, _check_image, _check_points, honour_clicks
 from .walker import border_mask, box_outside, random_walk, seed_disks
 
 METHODS = ("network", "hybrid", "classical")

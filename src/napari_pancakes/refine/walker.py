@@ -79,7 +79,7 @@ def random_walk(image: np.ndarray, fg: np.ndarray, bg: np.ndarray, prior: np.nda
     a_ff = a[free][:, free].tocsc()
     rhs = rhs_full[free] - a[free][:, seeded] @ x_seed[seeded]
     x = x_seed.copy()
-    x[free] = spsolve(a_ff, rhs)
+    x[free] = spsolve(a_ff, rhs, permc_spec="MMD_AT_PLUS_A")  # symmetric: faster than COLAMD here
     return np.clip(x, 0, 1).reshape(h, w).astype(np.float32)
 
 

@@ -33,10 +33,9 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..preprocess import normalize_intensity, resize_image
-from ..refine.model import (
-    DEFAULT_REFINER_WEIGHTS, MASK_LOGIT, RefinerConfig, RefinerNet, encode_input, load_refiner, save_refiner,
-    with_box_channel,
-)
+from ..refine.network import MASK_LOGIT, RefinerConfig, RefinerNet, encode_input, with_box_channel
+from ..io_weights import save_weights
+from ..refine.predictor import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT, load_refiner
 from .simulate import dice, next_click
 from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets
 
@@ -528,7 +527,7 @@ def _checkpoint(out, net, opt, state, rng, t_start, val, config, log, final=Fals
     log(f"it {state['it']} validation (training sources) {ev}")
     if ev["score"] > state["best_score"]:
         state["best_score"] = ev["score"]
-        save_refiner(net, out / "best.tmp.safetensors",
+        save_weights(net, out / "best.tmp.safetensors", fmt=REFINER_FORMAT,
                      extra={"iterations": state["it"], "train_minutes": round(state["elapsed"] / 60, 1),
                             "validation": ev, "leave_out": list(LEAVE_OUT)})
         (out / "best.tmp.safetensors").replace(out / "best.safetensors")

@@ -1,131 +1,30 @@
-"""The click model: a small U-Net (image, +clicks, -clicks, previous logits) -> mask logits.
+"""The predictor: a loaded click network with image-space calls, and weights files.
 
-In the spirit of ScribblePrompt-UNet: the previous step's logits are an input, so the user's
-clicks correct a mask (a Pancakes label or the last prediction) instead of starting over.
-Everything runs at a fixed working resolution; :class:`Refiner` maps clicks and masks between
-the user's pixels and that grid so callers never see it.
+Everything runs at the network's working resolution; :class:`Refiner` maps prompts and masks
+between the user's pixels and that grid so callers never see it.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..inference import interpolation_matrix
 from ..io_weights import WEIGHTS_DIR, best_device, read_weights
 from ..preprocess import normalize_intensity, resize_image, to_image_list
+from .network import MASK_LOGIT, RefinerConfig, RefinerNet, encode_input
 
 DEFAULT_REFINER_WEIGHTS = WEIGHTS_DIR / "refiner_default.safetensors"
-PRIOR_SCALE = 4.0  # prior channel = tanh(logits / PRIOR_SCALE): 0 means "no prior"
-MASK_LOGIT = 4.0  # logit given to a bool prior mask (confident but correctable)
-
-
-@dataclass
-class RefinerConfig:
-    """Architecture and input encoding; stored in the weights' metadata."""
-
-    resolution: int = 128
-    features: Sequence[int] = field(default_factory=lambda: (16, 32, 48, 64, 64))
-    click_sigma: float = 2.0  # Gaussian blob radius of a click, in working pixels
-    in_channels: int = 5  # image, positive map, negative map, box mask, prior (4: files without the box)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["features"] = list(self.features)
-        return d
-
-
-class _Block(nn.Sequential):
-    def __init__(self, cin: int, cout: int):
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.PReLU(cout),
-            nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.PReLU(cout),
-        )
-
-
-class RefinerNet(nn.Module):
-    """U-Net on 5 channels as in ScribblePrompt (image, positive clicks/scribbles, negative
-    clicks/scribbles, box mask, prior logits) -> 1 logit channel; the prior is the last channel."""
-
-    def __init__(self, config: RefinerConfig | None = None):
-        super().__init__()
-        self.config = config or RefinerConfig()
-        self.in_channels = self.config.in_channels
-        f = list(self.config.features)
-        self.down = nn.ModuleList([_Block(self.in_channels if i == 0 else f[i - 1], f[i]) for i in range(len(f))])
-        self.up = nn.ModuleList([_Block(f[i + 1] + f[i], f[i]) for i in reversed(range(len(f) - 1))])
-        self.out = nn.Conv2d(f[0], 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 4, r, r) -> (N, 1, r, r) logits; the prior channel's logits are added back (residual)."""
-        prior = x[:, -1:]
-        skips = []
-        h = x
-        for i, block in enumerate(self.down):
-            if i:
-                h = F.max_pool2d(h, 2)
-            h = block(h)
-            skips.append(h)
-        for block, skip in zip(self.up, reversed(skips[:-1])):
-            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            h = block(torch.cat([h, skip], 1))
-        return self.out(h) + PRIOR_SCALE * prior
+REFINER_FORMAT = "napari-pancakes-refiner/1"  # metadata "format" of refiner files (io_weights.save_weights)
 
 
 @lru_cache(maxsize=16)
 def _interp(n_out: int, n_in: int) -> torch.Tensor:
     """Cached resampling matrix: every click of a session resamples to the same size."""
     return torch.from_numpy(interpolation_matrix(n_out, n_in))
-
-
-def click_maps(points: Sequence[tuple[float, float]], size: int, sigma: float) -> np.ndarray:
-    """(size, size) map with a unit-height Gaussian blob at each (y, x) in working pixels."""
-    out = np.zeros((size, size), dtype=np.float32)
-    if not len(points):
-        return out
-    yy = np.arange(size, dtype=np.float32)[:, None]
-    xx = np.arange(size, dtype=np.float32)[None, :]
-    for y, x in points:
-        out = np.maximum(out, np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2)))
-    return out
-
-
-def box_mask(box, size: int) -> np.ndarray:
-    """(size, size) float map, 1 inside the box (y0, x0, y1, x1) in working pixels (inclusive)."""
-    out = np.zeros((size, size), np.float32)
-    if box is not None:
-        y0, x0, y1, x1 = box
-        y0, y1 = sorted((y0, y1))
-        x0, x1 = sorted((x0, x1))
-        ya, yb = int(np.clip(np.floor(y0 + 0.5), 0, size - 1)), int(np.clip(np.floor(y1 + 0.5), 0, size - 1))
-        xa, xb = int(np.clip(np.floor(x0 + 0.5), 0, size - 1)), int(np.clip(np.floor(x1 + 0.5), 0, size - 1))
-        out[ya : yb + 1, xa : xb + 1] = 1
-    return out
-
-
-def encode_input(image: np.ndarray, pos, neg, prior_logits: np.ndarray | None, config: RefinerConfig,
-                 box=None, pos_map: np.ndarray | None = None, neg_map: np.ndarray | None = None) -> np.ndarray:
-    """Stack the input channels at working resolution (image already normalised and resized).
-
-    ``pos_map``/``neg_map``: optional (r, r) scribble maps merged (max) into the click channels,
-    as ScribblePrompt merges clicks and scribbles; ``box``: (y0, x0, y1, x1) or None.
-    """
-    r = config.resolution
-    prior = np.zeros((r, r), np.float32) if prior_logits is None else np.tanh(prior_logits / PRIOR_SCALE)
-    p, n = click_maps(pos, r, config.click_sigma), click_maps(neg, r, config.click_sigma)
-    if pos_map is not None:
-        p = np.maximum(p, pos_map)
-    if neg_map is not None:
-        n = np.maximum(n, neg_map)
-    chans = [image, p, n] + ([box_mask(box, r)] if config.in_channels == 5 else []) + [prior.astype(np.float32)]
-    return np.stack(chans).astype(np.float32)
 
 
 def _check_image(image) -> np.ndarray:
@@ -257,33 +156,6 @@ def honour_clicks(mask: np.ndarray, clicks) -> np.ndarray:
     return mask
 
 
-def with_box_channel(net: RefinerNet) -> RefinerNet:
-    """A 5-channel copy of a 4-channel net (box weights zero: same answers without a box)."""
-    if net.config.in_channels == 5:
-        return net
-    cfg = RefinerConfig(**{**net.config.to_dict(), "in_channels": 5})
-    new = RefinerNet(cfg)
-    state = net.state_dict()
-    w = state["down.0.0.weight"]
-    state["down.0.0.weight"] = torch.cat([w[:, :3], torch.zeros_like(w[:, :1]), w[:, 3:]], 1)
-    new.load_state_dict(state)
-    return new
-
-
-def save_refiner(net: RefinerNet, path: str | Path, extra: dict | None = None) -> Path:
-    """Write the click model as safetensors with its config (and ``extra``) as metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"config": json.dumps(net.config.to_dict()), "format": "napari-pancakes-refiner/1"}
-    for key, value in (extra or {}).items():
-        meta[key] = value if isinstance(value, str) else json.dumps(value)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata=meta)
-    return path
-
-
 def load_refiner(weights: str | Path | None = None, device: str | torch.device | None = None,
                  cpu_threads: int | None = 1) -> Refiner:
     """The click model with the bundled weights unless ``weights`` (a .safetensors path) is given.
@@ -292,7 +164,7 @@ def load_refiner(weights: str | Path | None = None, device: str | torch.device |
     """
     path = Path(weights) if weights is not None else DEFAULT_REFINER_WEIGHTS
     tensors, meta = read_weights(path)
-    if meta.get("format") != "napari-pancakes-refiner/1" or "config" not in meta:
+    if meta.get("format") != REFINER_FORMAT or "config" not in meta:
         raise ValueError(f"weights file {path} is not a napari-pancakes refiner file")
     cfg = json.loads(meta["config"])
     cfg.setdefault("in_channels", 4)  # files written before the box channel existed

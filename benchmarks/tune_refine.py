@@ -1,0 +1,102 @@
+"""Choose the refinement predictor's settings on validation images of TRAINING sources.
+
+Never on LEAVE_OUT: the images are the validation split of the refiner campaign (every 10th
+image of each training dataset, target = label 1), 256 x 256, the best Pancakes label of each
+image as start (b). For each variant (``method[:lambda]``: ``hybrid:0.5`` sets the weight of
+the network prior in the hybrid, ``classical:0.005`` the weight of a starting mask in the
+classical walker), the simulated user gives Dice after 0..10 clicks for (a) nothing, (b) the
+Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
+
+    OMP_NUM_THREADS=1 python benchmarks/tune_refine.py --data ../shared/data \\
+        --weights runs/refiner-campaign/best.safetensors --variants network hybrid:0.1 hybrid:0.5 --tag hybrid
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def validation_items(root, per: int, cache: Path):
+    from napari_pancakes import load_model, segment_set
+    from napari_pancakes.training.datasets import LEAVE_OUT, folder_names, load_real_datasets
+    from napari_pancakes.training.refiner import VAL_EVERY, pancakes_start
+
+    names = [n for n in folder_names(root) if n not in LEAVE_OUT]
+    real = load_real_datasets(names, root=root, res=256, cache_dir=cache, mni=False)
+    model = load_model(device="cpu")
+    items = []
+    for name, ds in real.items():
+        val = [i for i in range(len(ds)) if i % VAL_EVERY == VAL_EVERY - 1 and (ds.labels[i] == 1).sum() >= 16][:per]
+        if not val:
+            continue
+        imgs = ds.images[val].astype(np.float32)
+        labs = segment_set(imgs, 8, 20, model=model)
+        for s, i in enumerate(val):
+            t = ds.labels[i] == 1
+            items.append((name, int(i), imgs[s], t, pancakes_start(labs[:, s], t, None)))
+    return items
+
+
+def main(argv=None):
+    import torch
+
+    import napari_pancakes.refine.session as session_module
+    from napari_pancakes.refine import load_refiner
+    from napari_pancakes.training.datasets import data_root
+    from napari_pancakes.training.refiner import simulate_box
+    from napari_pancakes.training.simulate import simulate_session
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--variants", nargs="+", default=["network", "hybrid:0.1", "hybrid:0.5"])
+    ap.add_argument("--per-source", type=int, default=1)
+    ap.add_argument("--clicks", type=int, default=10)
+    ap.add_argument("--tag", default="dev")
+    args = ap.parse_args(argv)
+    root = data_root(args.data)
+    if root is None or not root.is_dir():
+        print("skip: no data root", file=sys.stderr)
+        return 0
+    torch.set_num_threads(1)
+    items = validation_items(root, args.per_source, args.cache)
+    ref = load_refiner(args.weights, device="cpu")
+    out = {"weights": str(args.weights or "bundled"), "weights_meta": {k: v for k, v in ref.metadata.items() if k != "config"},
+           "items": [(n, i) for n, i, *_ in items], "clicks": args.clicks, "variants": {}}
+    defaults = (session_module.HYBRID_LAMBDA, session_module.CLASSICAL_PRIOR_LAMBDA)
+    for v in args.variants:
+        method, _, lam = v.partition(":")
+        session_module.HYBRID_LAMBDA, session_module.CLASSICAL_PRIOR_LAMBDA = defaults
+        if lam and method == "hybrid":
+            session_module.HYBRID_LAMBDA = float(lam)
+        if lam and method == "classical":
+            session_module.CLASSICAL_PRIOR_LAMBDA = float(lam)
+        res, t0 = {}, time.time()
+        for mode in ("a_nothing", "b_pancakes", "c_box"):
+            curves = []
+            for _, _, img, t, start in items:
+                if mode == "b_pancakes" and start is None:
+                    continue
+                d, _ = simulate_session(ref if method != "classical" else None, img, t, args.clicks, method=method,
+                                        initial_mask=start if mode == "b_pancakes" else None,
+                                        box=simulate_box(t, None) if mode == "c_box" else None)
+                curves.append(d)
+            res[mode] = [round(float(x), 4) for x in np.mean(curves, 0)]
+        res["mean_all"] = round(float(np.mean([np.mean(res[m][1:]) for m in ("a_nothing", "b_pancakes", "c_box")])), 4)
+        out["variants"][v] = res
+        print(v, f"{time.time() - t0:.0f} s", json.dumps(res), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"refine-tune-{args.tag}.json").write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -115,6 +115,21 @@ def test_dask_array_is_lazy_and_chunked(model, weights, images):
     np.testing.assert_array_equal(lazy.compute(), apply_protocol(p, images, model=model))
 
 
+def test_lazy_folder_is_read_chunk_by_chunk(model, weights, images, tmp_path):
+    pytest.importorskip("dask.array")
+    from napari_pancakes.protocol import lazy_folder
+
+    p = make_protocol(model, weights)
+    for i, im in enumerate(images):
+        tifffile.imwrite(tmp_path / f"im{i}.tif", im)
+    lazy = lazy_folder(tmp_path)
+    assert lazy.shape == images.shape and lazy.numblocks[0] == 5
+    np.testing.assert_array_equal(apply_protocol(p, lazy, model=model).compute(), apply_protocol(p, images, model=model))
+    tifffile.imwrite(tmp_path / "odd.tif", images[0][:10])
+    with pytest.raises(ValueError, match="one size"):
+        lazy_folder(tmp_path).compute()
+
+
 def test_local_cluster(model, weights, images, tmp_path):
     distributed = pytest.importorskip("distributed")
     da = pytest.importorskip("dask.array")

@@ -375,6 +375,33 @@ def apply_dask(protocol: Protocol, images, model=None, images_per_chunk: int = B
     return da.map_blocks(_apply_block, images, protocol.to_dict(), _LocalModel(model), dtype=dtype)
 
 
+def lazy_folder(inputs):
+    """A folder (or files) of same-sized 2D images opened as a lazy (S, H, W) Dask array.
+
+    Nothing is read but the first file (for the shape); each image is read when its chunk is
+    computed, so :func:`apply_protocol` on it streams the folder chunk by chunk.
+    """
+    import dask
+    import dask.array as da
+
+    from . import io
+
+    paths = io.expand_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs])
+    first = io.read_source(paths[0])
+    if first.kind != "2d":
+        raise ValueError(f"{paths[0]} is a stack or volume; a lazy folder holds 2D images (use apply_to_files)")
+    shape, dtype = first.slices[0].shape, first.slices[0].dtype
+
+    def read(path):
+        source = io.read_source(path)
+        if source.kind != "2d" or source.slices[0].shape != shape:
+            raise ValueError(f"{path}: shape {source.slices[0].shape} differs from {paths[0].name} {shape}; "
+                             "a lazy stack needs images of one size (use apply_to_files)")
+        return source.slices[0].astype(dtype, copy=False)
+
+    return da.stack([da.from_delayed(dask.delayed(read)(p), shape, dtype) for p in paths])
+
+
 class _LocalModel:
     """Holds a model for threaded schedulers; pickles to None so cluster workers load their own."""
 

@@ -225,3 +225,15 @@ def test_reflect_padding_gives_one_label_on_a_constant_image():
             labels = net(x, 4, 10).argmax(2)
         used[padding] = max(len(torch.unique(labels[0, m])) for m in range(4))
     assert used["reflect"] == 1 and used["zeros"] > 1
+
+
+def test_partition_loss_without_structures_is_zero_and_finite():
+    """A target whose structures were all cropped away (all -1) gives no signal, not NaN."""
+    from napari_pancakes.training.loss import best_protocol_partition_loss
+
+    feats = torch.randn(2, 4, 8, 8, requires_grad=True)
+    w, b = torch.randn(3, 5, 4), torch.zeros(3, 5)
+    loss, _ = best_protocol_partition_loss(feats, w, b, torch.full((2, 8, 8), -1), lambda f, ww, bb: torch.einsum(
+        "ndhw,mkd->nmkhw", f, ww) + bb[None, :, :, None, None])
+    loss.backward()
+    assert float(loss) == 0.0 and torch.isfinite(feats.grad).all()

@@ -104,6 +104,8 @@ def best_protocol_partition_loss(features: torch.Tensor, weights: torch.Tensor, 
     Returns the loss and the winning protocol index.
     """
     n_labels = int(labels.max()) + 1
+    if n_labels == 0:  # every structure was cropped away (augmentation, half resolution): nothing to learn
+        return features.sum() * 0.0, 0
     onehot = torch.nn.functional.one_hot(labels.long() + 1, n_labels + 1)[..., 1:].permute(0, 3, 1, 2)
     with torch.no_grad():
         prob = torch.softmax(head_logits(features.detach(), weights.detach(), bias.detach()).float(), dim=2)

@@ -90,7 +90,9 @@ def test_propagate_and_undo(setup):
     changed = viewer.layers[f"{chosen.name} changed"]  # what changed is shown
     np.testing.assert_array_equal(changed.data.astype(bool), chosen.data != painted)
     np.testing.assert_array_equal(chosen.data[0], painted[0])  # the corrected image stays as drawn
-    assert "learned" in tag(chosen)["protocol"] and tag(chosen)["protocol"]["learned"]
+    assert tag(chosen)["role"] == "chosen" and tag(chosen)["study_protocol"]["learned"]
+    assert explorer.working() is chosen  # the explorer still edits the same layer
+    assert w.controller.protocol_from_layer(chosen).learned  # Save protocol keeps what was learnt
     assert w.undo()
     np.testing.assert_array_equal(chosen.data, painted)
     assert f"{chosen.name} changed" not in viewer.layers

@@ -67,8 +67,8 @@ class StudyController:
         sent to background) is sent to background.
         """
         info = tag(layer)
-        if info.get("role") == STUDY_ROLE:
-            protocol = Protocol.from_dict(info["protocol"])
+        if "study_protocol" in info or info.get("role") == STUDY_ROLE:  # applied, or learnt by a propagation
+            protocol = Protocol.from_dict(info.get("study_protocol") or info["protocol"])
             protocol.names.update(names_of(layer))  # names edited in the layer travel with it
             return protocol
         if info.get("role") not in ("protocol", "chosen"):
@@ -168,8 +168,8 @@ class StudyController:
         new[s] = stack[s]  # the corrected image stays as the user drew it
         layer.data = new if layer.data.ndim == 3 else new[0]
         meta = dict(layer.metadata)
-        meta[TAG] = {**meta.get(TAG, {}), "edited": True, "protocol": ps.protocol.to_dict(), "role": STUDY_ROLE}
-        meta[TAG].setdefault("source", source)
+        # the role stays (the explorer still finds its chosen layer); the learnt protocol travels with the layer
+        meta[TAG] = {**meta.get(TAG, {}), "edited": True, "study_protocol": ps.protocol.to_dict()}
         layer.metadata = meta
         self._show_changes(layer, previous != np.asarray(layer.data))
         self.history.append((layer, previous, record, info))

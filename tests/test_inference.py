@@ -203,3 +203,15 @@ def test_missing_and_corrupt_weights_give_clear_errors(tmp_path):
     bad.write_bytes(b"this is not a safetensors file")
     with pytest.raises(ValueError, match="not a valid safetensors"):
         napari_pancakes.load_model(bad)
+
+
+def test_boundary_shortcut_gives_the_labels_of_the_full_logits(trained):
+    """Labels are computed at the working resolution and the full logits only where the source
+    pixels disagree; they must equal the argmax of every full-resolution logit."""
+    rng = np.random.default_rng(0)
+    for x in (blobs(2, 300, 77), rng.random((1, 60, 90)), blobs(1, 129, 400)):  # up- and down-sampling
+        predictor = PancakesPredictor(trained, uniform_regions=False).set_images(x)
+        for m, k, seed in ((8, 20, 0), (3, 64, 2)):
+            fast = predictor.protocols(m, k, seed)
+            full = predictor.protocols(m, k, seed, return_probs=True)[1].argmax(2)
+            assert np.array_equal(fast, full)

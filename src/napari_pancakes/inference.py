@@ -201,12 +201,15 @@ class PancakesPredictor:
                 feats = self._features[i].float()
                 labels = np.empty((m,) + shape, dtype=label_dtype)
                 probs = np.empty((m, k) + shape, dtype=np.float32) if return_probs else None
-                for y0, y1, logits in _logit_bands(self.model.h, feats, weights, bias, shape):
-                    band = (y1 - y0, shape[1])
-                    labels[:, y0:y1] = logits.argmax(-1).T.reshape((m,) + band).numpy()
-                    if return_probs:
+                if return_probs:  # every logit is needed
+                    for y0, y1, logits in _logit_bands(self.model.h, feats, weights, bias, shape):
+                        band = (y1 - y0, shape[1])
+                        labels[:, y0:y1] = logits.argmax(-1).T.reshape((m,) + band).numpy()
                         probs[:, :, y0:y1] = torch.softmax(logits, -1).permute(1, 2, 0).reshape((m, k) + band).numpy()
-                    yield None
+                        yield None
+                else:
+                    for _ in _label_bands(self.model.h, feats, weights, bias, shape, labels):
+                        yield None
                 if self._regions[i] is not None:
                     _flatten_regions(self.model.h, self._regions[i], weights, bias, labels, probs)
                 yield i, labels, probs
@@ -268,6 +271,61 @@ def _logit_bands(head, feats, weights, bias, shape):
         g = feats[:, y0:y1] if (h, w) == (r, r) else torch.einsum("hy,dyw->dhw", ry[y0:y1], cols)  # (D, band, W)
         pixels = g.reshape(d, -1).T[:, :, None, None]  # each pixel one "image" of 1 x 1
         yield y0, y1, head.logits(pixels, weights, bias)[:, :, :, 0, 0]
+
+
+def _label_bands(head, feats, weights, bias, shape, out: np.ndarray):
+    """Fill ``out`` (M, H, W) with the argmax labels, band by band (yields after each band).
+
+    Exact shortcut: a resampled logit is a convex combination (non-negative weights summing to
+    one) of the logits at the working-resolution pixels it is made from, so where protocol m
+    gives all of those pixels the same label k, k is also the argmax of the combination. Labels
+    are therefore computed at the working resolution first, and the full logits only at the
+    pixels whose sources disagree (the label boundaries), protocol by protocol.
+    """
+    d, r, _ = feats.shape
+    h, w = shape
+    m, k, _ = weights.shape
+    low = head.logits(feats[None], weights, bias)[0].argmax(1)  # (M, r, r)
+    if (h, w) == (r, r):
+        out[:] = low.numpy()
+        yield
+        return
+    ry_np, rx_np = interpolation_matrix(h, r), interpolation_matrix(w, r)
+    lo_min, lo_max = _window_min_max(low, low, rx_np, axis=2)  # over source columns: (M, r, W)
+    ry, rx = torch.from_numpy(ry_np), torch.from_numpy(rx_np)
+    cols = torch.einsum("dyx,wx->dyw", feats, rx)  # (D, r, W)
+    band = max(1, BAND_ELEMENTS // max(1, m * k * w))
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        first, last = _window_min_max(lo_min, lo_max, ry_np[y0:y1], axis=1)  # over source rows: (M, b, W)
+        labels = first.reshape(m, -1).clone()
+        mixed = (first != last).reshape(m, -1)
+        if bool(mixed.any()):
+            g = torch.einsum("hy,dyw->dhw", ry[y0:y1], cols).reshape(d, -1)  # (D, pixels)
+            for p in range(m):
+                index = torch.nonzero(mixed[p]).squeeze(1)
+                if index.numel():
+                    pixels = g[:, index].T[:, :, None, None]  # each pixel one "image" of 1 x 1
+                    logits = head.logits(pixels, weights[p : p + 1], bias[p : p + 1])[:, 0, :, 0, 0]
+                    labels[p, index] = logits.argmax(-1)
+        out[:, y0:y1] = labels.reshape(m, y1 - y0, w).numpy()
+        yield
+
+
+def _window_min_max(low: torch.Tensor, high: torch.Tensor, weights: np.ndarray, axis: int):
+    """Min of ``low`` and max of ``high`` along ``axis`` over the source indices each output
+    index draws from (the non-zero run of its row of the resampling ``weights``)."""
+    support = weights > 0
+    first = support.argmax(1)
+    last = weights.shape[1] - 1 - support[:, ::-1].argmax(1)
+    first_t, last_t = torch.from_numpy(first), torch.from_numpy(last)
+    out_min = low.index_select(axis, first_t)
+    out_max = high.index_select(axis, first_t)
+    for t in range(1, int((last - first).max()) + 1):
+        index = torch.minimum(first_t + t, last_t)
+        out_min = torch.minimum(out_min, low.index_select(axis, index))
+        out_max = torch.maximum(out_max, high.index_select(axis, index))
+    return out_min, out_max
 
 
 def _flatten_regions(head, regions, weights, bias, labels, probs) -> None:

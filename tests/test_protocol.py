@@ -150,12 +150,18 @@ def test_local_cluster(model, weights, images, tmp_path):
         np.testing.assert_array_equal(tifffile.imread(w), expected[i])
 
 
-def test_unreachable_scheduler(model, weights, images, monkeypatch):
+def test_unreachable_scheduler(model, weights, images, monkeypatch, tmp_path):
     da = pytest.importorskip("dask.array")
     pytest.importorskip("distributed")
     monkeypatch.setattr(proto, "CONNECT_TIMEOUT", 1.0)
     with pytest.raises(ValueError, match="could not reach the dask scheduler at tcp://127.0.0.1:9"):
         apply_protocol(make_protocol(model, weights), da.from_array(images), scheduler="tcp://127.0.0.1:9")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", images[0])
+    with pytest.raises(ValueError, match="could not reach"):
+        apply_to_files(make_protocol(model, weights), [folder], tmp_path / "out", scheduler="tcp://127.0.0.1:9")
+    assert not (tmp_path / "out").exists()  # nothing written
     with pytest.raises(ValueError, match="should look like"):
         apply_protocol(make_protocol(model, weights), da.from_array(images), scheduler="localhost")
 

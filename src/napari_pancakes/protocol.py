@@ -488,13 +488,18 @@ def apply_to_files(protocol: Protocol, inputs, out_dir, model=None, *, overwrite
         raise ValueError("two inputs share a file name; their outputs would collide - rename one")
     names_path = out_dir / NAMES_FILE
     io.check_writable(targets + [names_path], overwrite)
-    if scheduler is None:
-        model = model_for(protocol, model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names_path.write_text(json.dumps(names_json(protocol, [t.name for t in targets]), indent=1))
+
+    def write_names():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names_path.write_text(json.dumps(names_json(protocol, [t.name for t in targets]), indent=1))
+
+    if scheduler is not None:  # connect first: an unreachable scheduler writes nothing
+        with connect(scheduler) as client:
+            write_names()
+            return _apply_files_distributed(client, protocol, paths, targets, progress)
+    model = model_for(protocol, model)
+    write_names()
     total = len(paths)
-    if scheduler is not None:
-        return _apply_files_distributed(protocol, paths, targets, scheduler, progress)
 
     pending: list = []  # [source, labels so far, target] in input order
 
@@ -527,17 +532,16 @@ def _apply_file(protocol_dict: dict, path: str, target: str) -> str:
     return target
 
 
-def _apply_files_distributed(protocol, paths, targets, scheduler, progress) -> list[Path]:
+def _apply_files_distributed(client, protocol, paths, targets, progress) -> list[Path]:
     from distributed import as_completed
 
-    with connect(scheduler) as client:
-        futures = client.map(_apply_file, [protocol.to_dict()] * len(paths), [str(p.resolve()) for p in paths],
-                             [str(t.resolve()) for t in targets], pure=False)
-        written = []
-        for future in as_completed(futures, loop=client.loop):
-            written.append(Path(future.result()))
-            if progress is not None:
-                progress(len(written), len(paths))
+    futures = client.map(_apply_file, [protocol.to_dict()] * len(paths), [str(p.resolve()) for p in paths],
+                         [str(t.resolve()) for t in targets], pure=False)
+    written = []
+    for future in as_completed(futures, loop=client.loop):
+        written.append(Path(future.result()))
+        if progress is not None:
+            progress(len(written), len(paths))
     order = {t.resolve(): i for i, t in enumerate(targets)}
     return sorted(written, key=lambda p: order[p])
 

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     import napari
 
     from napari_pancakes import load_model
-    from napari_pancakes.napari.controller import ProtocolController, tag
+    from napari_pancakes.napari.controller import ProtocolController
     from napari_pancakes.napari.sample_data import nuclei_stack
     from napari_pancakes.napari.study_widget import StudyWidget
 

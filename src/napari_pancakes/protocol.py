@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .export import _hex, label_dtype
+from .export import label_dtype
 from .inference import PHI_BATCH, PancakesPredictor, check_mk, interpolation_matrix, protocol_offsets
 from .preprocess import to_image_list
 

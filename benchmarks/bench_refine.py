@@ -78,12 +78,19 @@ def run(args) -> dict:
     res = {"weights": str(args.weights or "bundled refiner_default.safetensors"),
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
+           "reused": str(args.reuse) if args.reuse else None,
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "sets": {}}
+    reuse = json.loads(args.reuse.read_text()) if args.reuse else {"sets": {}}
     for name, (images, truths, idx) in data.items():
         starts, pair, set_dice = best_pancakes_labels(images, truths)
         entry = {"images": len(images), "image_indices": [int(i) for i in idx], "best_pair": pair,
                  "best_pair_set_dice": round(set_dice, 4)}
+        old = reuse["sets"].get(name, {})
         for method in args.methods:
+            if method in old and old["image_indices"] == entry["image_indices"] and reuse["clicks"] == args.clicks:
+                entry[method] = old[method]  # weights-independent (classical) curves from --reuse
+                print(name, method, "reused from", args.reuse, flush=True)
+                continue
             entry[method] = {}
             for mode in MODES:
                 curves, times = [], []
@@ -154,6 +161,8 @@ def main(argv=None):
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="a result file whose curves for the same images are reused (for 'classical', which needs no weights)")
     args = ap.parse_args(argv)
     from napari_pancakes.training.datasets import data_root
 

@@ -28,7 +28,7 @@ from .walker import border_mask, box_outside, random_walk, seed_disks
 METHODS = ("network", "hybrid", "classical")
 HYBRID_LAMBDA = 0.5  # weight of the network prior in the hybrid walker
 HYBRID_BETA = 130.0
-CLASSICAL_PRIOR_LAMBDA = 0.005  # weight of a starting mask in the classical walker
+CLASSICAL_PRIOR_LAMBDA = 0.0005  # weight of a starting mask in the classical walker (refine-tune-classical.json)
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 
 

@@ -99,6 +99,8 @@ def main() -> None:
         "set": [args.images, args.size, args.size], "model": "bundled" if bundled else "random init",
         "qt": f"{qtpy.API_NAME} {qtpy.QT_VERSION}", "napari": napari.__version__,
         "runs": runs,
+        "load_average_1min_at_end": round(__import__("os").getloadavg()[0], 2),
+        "cores": __import__("os").cpu_count(),
         "note": "first: network + labelling + adding layers; second: new seed (cached network output, "
                 "old layers replaced); third: other M and K. Shared 2-core machine.",
     }

@@ -16,5 +16,6 @@ python benchmarks/bench_apply.py --sizes 200,2000 --out "$R/apply.json" | tee "$
 NAPARI_PANCAKES_DATA="$DATA" python benchmarks/bench_propagate.py --sets 8 --out "$R/propagate.json" | tee "$R/propagate.txt"
 napari-pancakes analyze src/napari_pancakes/sample_data/dsb2018_nuclei_fluorescence.tif --table docs/study_outcomes.csv \
     --outcome burden --m 8 --k 20 --device cpu --out "$R/study_sample" --overwrite
-XVFB=""; [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null && XVFB="xvfb-run -a"
-$XVFB python benchmarks/bench_widget_responsiveness.py | tee "$R/widget_responsiveness.txt"
+python benchmarks/bench_predictor.py --out "$R/predictor.json"
+XVFB=""; [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null && XVFB="xvfb-run -a -s '-screen 0 1600x1000x24'"
+eval "$XVFB" python benchmarks/bench_widget_responsiveness.py --out "$R/widget_responsiveness.json"

@@ -101,9 +101,11 @@ def test_run_browse_choose_rename_export(qtbot, widget, tmp_path):
     saved = viewer.layers.save(str(tmp_path / "saved.tif"), selected=True, plugin="napari-pancakes")
     assert str(tmp_path / "saved.labels.json") in saved
 
-    # overwriting asks; declining writes nothing
-    w.confirm = lambda message: False
+    # overwriting asks, in words for people (not the API's "pass overwrite=True"); declining writes nothing
+    asked = []
+    w.confirm = lambda message: asked.append(message) or False
     assert w.export_to(str(tmp_path / "chosen"), formats=["tiff"]) is None
+    assert "chosen.tif" in asked[0] and "Replace them?" in asked[0] and "overwrite=" not in asked[0]
 
 
 def test_run_twice_replaces(qtbot, widget):

@@ -220,3 +220,12 @@ def test_new_protocols_stay_below_the_chosen_layer_and_runner_up(setup):
     second = ctl.runner_up(chosen)
     assert second.shape == chosen.data.shape and second.min() >= 1 and second.max() <= 4
     assert not np.any(second == chosen.data)
+
+
+def test_a_blank_image_shows_no_structure(model):
+    viewer = ViewerModel()
+    blank = viewer.add_image(np.full((2, 70, 90), 3.0, np.float32), name="blank")
+    ctl = ProtocolController(viewer, model=model)
+    layers = ctl.run(blank, m=4, k=8)
+    assert all(len(np.unique(ly.data)) == 1 and tag(ly)["single_label"] for ly in layers)
+    assert all(len(np.unique(t[..., :3].reshape(-1, 3), axis=0)) == 1 for t in ctl.thumbnails(32))

@@ -75,7 +75,7 @@ def one_set(model, refiner, images, truth, labels, choice, args) -> dict:
     protocol = Protocol.from_model(model, args.m, args.k, int(pm))
     label = int(pk) + 1
     row = {"choice": choice, "protocol": int(pm) + 1, "label": label}
-    for mode in MODES:
+    for mode in args.modes.split(","):
         ps = ProtocolSet(protocol, images, model=model)
         before = [dice(lab == label, t) for lab, t in zip(ps.labels, truth)]
         if mode == "paint":
@@ -84,7 +84,7 @@ def one_set(model, refiner, images, truth, labels, choice, args) -> dict:
             corrected = clicked_mask(refiner, images[0], ps.labels[0] == label, truth[0], args.clicks)
         if not corrected.any() or corrected.all():
             continue
-        ps.propagate(0, corrected, label)
+        ps.propagate(0, corrected, label, **({} if args.keep is None else {"keep": args.keep}))
         after = [dice(lab == label, t) for lab, t in zip(ps.labels, truth)]
         row[mode] = {"corrected_dice": round(dice(corrected, truth[0]), 4), "image1_before": round(before[0], 4),
                      "image1_after": round(after[0], 4), "before": round(float(np.mean(before[1:])), 4),
@@ -114,11 +114,14 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=float, default=None, help="weight of the other images' anchor (default: protocol.KEEP)")
+    parser.add_argument("--modes", default=",".join(MODES), help="paint,clicks")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from napari_pancakes import load_model, segment_set
+    from napari_pancakes.protocol import KEEP
     from napari_pancakes.refine import load_refiner
     from napari_pancakes.training.datasets import LEAVE_OUT, data_root, load_real_datasets
 
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
                 print(f"{name:18s} {choice:5s} set {len(rows):2d}: protocol {row['protocol']} label {row['label']:2d}  "
                       + "  ".join(f"{m}: {row[m]['before']:.3f} -> {row[m]['after']:.3f}" for m in MODES if m in row),
                       flush=True)
-    summary = {f"{choice}/{mode}": summarise(rows, names, choice, mode) for choice in CHOICES for mode in MODES}
+    summary = {f"{choice}/{mode}": summarise(rows, names, choice, mode) for choice in CHOICES
+               for mode in args.modes.split(",")}
     seconds = time.perf_counter() - t0
     lines = ["| choice / correction | dataset | sets | image 1 before -> after | others: Dice before | after | gain "
              "| sets improved |", "|---|---|---|---|---|---|---|---|"]
@@ -163,12 +167,14 @@ def main(argv=None) -> int:
         out.write_text(json.dumps({
             "what": "Dice of the chosen label on the other images of a set, before and after propagating one "
                     "corrected image (image 1)", "m": args.m, "k": args.k, "s": args.s, "clicks": args.clicks,
-            "datasets": names, "seed": args.seed, "seconds": round(seconds, 1), "torch": torch.__version__,
+            "datasets": names, "seed": args.seed, "keep": args.keep if args.keep is not None else KEEP,
+            "seconds": round(seconds, 1), "torch": torch.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "summary": summary, "sets": rows}, indent=1))
         out.with_suffix(".md").write_text(
             f"# Propagating one correction (`benchmarks/bench_propagate.py`)\n\nM = {args.m}, K = {args.k}, S = {args.s}, "
-            f"{args.clicks} clicks, held-out datasets, bundled weights; Dice on images 2..S (the corrected image "
+            f"keep = {args.keep if args.keep is not None else KEEP}, datasets {', '.join(names)}, "
+            f"{args.clicks} clicks, bundled weights; Dice on images 2..S (the corrected image "
             f"excluded).\n\n{table}\n")
     return 0
 

@@ -36,6 +36,9 @@ FORMAT = "napari-pancakes-protocol/1"
 NAMES_FILE = "labels.json"  # written beside applied label files
 BATCH = PHI_BATCH
 CONNECT_TIMEOUT = 10.0  # seconds to reach a dask scheduler before giving up
+# Weight of "the other images keep the label where it was sure" in a propagation; chosen on four
+# training datasets (benchmarks/results/propagate_tune/), never on the held-out ones.
+KEEP = 2.0
 
 
 # --------------------------------------------------------------------- weights identity
@@ -570,7 +573,7 @@ def full_features(feats: torch.Tensor, shape) -> torch.Tensor:
 
 def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.Tensor, j: int, *,
               ring: int | None = None, far: float = 1.0, steps: int = 300, lr: float = 0.5,
-              max_pixels: int = 4000, seed: int = 0):
+              max_pixels: int = 4000, seed: int = 0, context: torch.Tensor | None = None, keep: float = 0.0):
     """New direction and bias of model label ``j`` from one corrected mask; the other labels stay.
 
     Arguments:
@@ -580,6 +583,10 @@ def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.T
         j: the model label (0-based) being corrected.
         ring: width in pixels of the band just outside the mask (default 6 % of the image side).
         far: weight of the pixels farther out (a sample), relative to the band.
+        context, keep: (n, D) features sampled from the set's other images and the weight of a
+            term keeping the label's probability there as it was (binary cross-entropy against
+            the old probability): a correction moves the label on other images only as far as
+            the corrected image requires.
 
     Fitting: starting from the label's current direction and bias, softmax cross-entropy against
     the fixed other labels: pixels inside the mask should go to ``j``; pixels in the band just
@@ -608,6 +615,12 @@ def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.T
               (_sample(np.flatnonzero(near.ravel()), max_pixels, rng), False, 1.0),
               (_sample(np.flatnonzero((~mask & ~near).ravel()), max_pixels, rng), False, far)]
     groups = [(flat[i], competitors[i], inside, weight) for i, inside, weight in groups if i.size and weight > 0]
+    if context is not None and keep > 0:
+        ctx_comp = context @ w[others].T + b[others]
+        with torch.no_grad():
+            z_old = context @ w[j] + b[j]
+            lse_o = torch.logsumexp(ctx_comp, 1)
+            p_old = torch.sigmoid(z_old - lse_o)  # softmax_j = sigmoid(z_j - logsumexp(others))
     wj = torch.nn.Parameter(w[j].clone().float())
     bj = torch.nn.Parameter(b[j].clone().float())
     opt = torch.optim.Adam([wj, bj], lr=lr)
@@ -620,6 +633,9 @@ def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.T
                 lse_all = torch.logsumexp(torch.stack([z, lse_others], 1), 1)
                 # inside: -log p_j; outside: -log (1 - p_j)
                 loss = loss + weight * ((lse_all - z) if inside else (lse_all - lse_others)).mean()
+            if context is not None and keep > 0:  # other images: stay where the old label was sure
+                logit = context @ wj + bj - lse_o
+                loss = loss + keep * torch.nn.functional.binary_cross_entropy_with_logits(logit, p_old)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -699,6 +715,13 @@ class ProtocolSet:
         j = int(members[0])
         w, b = self.protocol.codebook(self.model)
         feats = full_features(image_features(self.model, self.items[image]), self.items[image].shape)
+        fit_options.setdefault("keep", KEEP)
+        if fit_options["keep"]:
+            rng = np.random.default_rng(0)
+            others = [i for i in range(len(self.items)) if i != image]
+            ctx = [image_features(self.model, self.items[i]).reshape(w.shape[1], -1).T for i in others]
+            fit_options["context"] = torch.cat([c[rng.choice(len(c), min(len(c), 2000), replace=False)] for c in ctx]) \
+                if ctx else None
         wj, bj = fit_label(feats, mask, w, b, j, **fit_options)
         learned = dict(self.protocol.learned)
         learned[j] = {"w": [float(x) for x in wj], "b": bj}

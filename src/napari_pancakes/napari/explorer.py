@@ -67,10 +67,26 @@ def _run_in_thread(controller: ProtocolController, request):
     try:
         model = controller.model
         yield "load", 0, len(request.images)
+        _warm_up_labels()
         yield from compute(request, model)
     except Exception as exc:  # reported to the user by _on_returned
         return _Failure(exc)
     return request
+
+
+def _warm_up_labels() -> None:
+    """Build a tiny Labels layer (no viewer) once per process, off the GUI thread: napari's first
+    Labels layer of a session costs most of a second to set up (colormaps, caches), which would
+    otherwise freeze the viewer when the first protocol layer is added."""
+    global _LABELS_WARM
+    if not _LABELS_WARM:
+        from napari.layers import Labels
+
+        Labels(np.zeros((2, 4, 4), np.uint8))
+        _LABELS_WARM = True
+
+
+_LABELS_WARM = False
 
 
 class ExplorerWidget(QWidget):

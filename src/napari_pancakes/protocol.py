@@ -690,6 +690,7 @@ class ProtocolSet:
         self.protocol = protocol
         self.predictor = codebook_predictor(self.model, *protocol.codebook(self.model)).set_images(self.items)
         self.history: list[Propagation] = []
+        self._feature_cache: dict[int, torch.Tensor] = {}
         self.labels = self.relabel()
 
     def relabel(self, protocol: Protocol | None = None) -> list[np.ndarray]:
@@ -714,12 +715,12 @@ class ProtocolSet:
                              "choose a label of the protocol to correct")
         j = int(members[0])
         w, b = self.protocol.codebook(self.model)
-        feats = full_features(image_features(self.model, self.items[image]), self.items[image].shape)
+        feats = full_features(self._features(image), self.items[image].shape)
         fit_options.setdefault("keep", KEEP)
         if fit_options["keep"]:
             rng = np.random.default_rng(0)
             others = [i for i in range(len(self.items)) if i != image]
-            ctx = [image_features(self.model, self.items[i]).reshape(w.shape[1], -1).T for i in others]
+            ctx = [self._features(i).reshape(w.shape[1], -1).T for i in others]
             fit_options["context"] = torch.cat([c[rng.choice(len(c), min(len(c), 2000), replace=False)] for c in ctx]) \
                 if ctx else None
         wj, bj = fit_label(feats, mask, w, b, j, **fit_options)
@@ -737,6 +738,12 @@ class ProtocolSet:
         self.protocol, self.labels = after, new
         self.history.append(record)
         return record
+
+    def _features(self, i: int) -> torch.Tensor:
+        """(D, r, r) features of image ``i``, computed on the first correction and kept."""
+        if i not in self._feature_cache:
+            self._feature_cache[i] = image_features(self.model, self.items[i])
+        return self._feature_cache[i]
 
     def undo(self) -> Propagation | None:
         """Undo the last propagation (labels and protocol as before it); None if there is none."""

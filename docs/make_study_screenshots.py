@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_screenshots import WINDOW_SIZE, bright_mask, clear_notifications, pick_protocol, shoot, settle  # noqa: E402
+from make_screenshots import (  # noqa: E402
+    WINDOW_SIZE, bright_mask, clear_notifications, pick_protocol, settle, shoot, wait_until,
+)
 
 
 def main(argv=None) -> int:
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
     # apply to the new image
     widget.target_combo.setCurrentText("new image")
     assert widget.apply(), widget.last_message
+    wait_until(lambda: not widget.busy, 600, "the apply worker")
+    assert "applied" in widget.last_message, widget.last_message
     print(widget.last_message)
     for ly in viewer.layers:
         ly.visible = ly.name in ("new image", viewer.layers[-1].name)

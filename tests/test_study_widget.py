@@ -54,12 +54,14 @@ def test_save_load_keeps_names_merges_background(setup, tmp_path):
                                   chosen.data)
 
 
-def test_apply_to_other_layer_and_lazy_layer(setup):
+def test_apply_to_other_layer_and_lazy_layer(setup, qtbot):
     viewer, explorer, chosen, w = setup
     other = viewer.add_image(synthetic_blobs(3, 48, seed=3), name="other", scale=(1, 2, 2))
     w.source_combo.setCurrentText(chosen.name)
     w.target_combo.setCurrentText("other")
     assert w.apply(), w.last_message
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)  # labelled in a worker thread
+    assert "applied protocol" in w.last_message, w.last_message
     applied = viewer.layers[-1]
     assert tag(applied)["role"] == "applied" and tuple(applied.scale) == (1, 2, 2)
     protocol = w.controller.protocol_from_layer(chosen)
@@ -140,3 +142,16 @@ def test_bad_protocol_files(setup, tmp_path):
     assert not w.load_protocol(str(tmp_path / "foreign.json")) and "other model weights" in w.last_message
     (tmp_path / "bad.json").write_text("[1, 2")
     assert not w.load_protocol(str(tmp_path / "bad.json")) and "not valid JSON" in w.last_message
+
+
+def test_apply_cancel_adds_nothing(setup, qtbot):
+    viewer, explorer, chosen, w = setup
+    viewer.add_image(synthetic_blobs(40, 64, seed=5), name="many")
+    w.source_combo.setCurrentText(chosen.name)
+    w.target_combo.setCurrentText("many")
+    n_layers = len(viewer.layers)
+    assert w.apply() and w.busy and w.cancel_button.isEnabled()
+    assert not w.apply() and "running" in w.last_message  # one at a time
+    assert w.cancel_apply()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert len(viewer.layers) == n_layers and w.apply_button.isEnabled()

@@ -118,6 +118,12 @@ class StudyController:
 
         A lazy (Dask) image layer gets a lazy label layer, computed chunk by chunk as it is viewed.
         """
+        data = self.prepare_apply(protocol, image_layer)
+        return self.finish_apply(protocol, image_layer, apply_protocol(protocol, data, model=self.model,
+                                                                       progress=progress))
+
+    def prepare_apply(self, protocol: Protocol, image_layer):
+        """Check the protocol against the model and the layer; its data as intensities (lazy stays lazy)."""
         model_for(protocol, self.model)
         if getattr(image_layer, "multiscale", False):
             raise ValueError(f"layer '{image_layer.name}' is multiscale; open a single-resolution image")
@@ -125,7 +131,14 @@ class StudyController:
         if data.ndim not in (2, 3):
             raise ValueError(f"layer '{image_layer.name}' has shape {data.shape}; a 2D image, an (S, H, W) stack "
                              "or a (Z, Y, X) volume is needed")
-        labels = apply_protocol(protocol, data, model=self.model, progress=progress)
+        return data
+
+    def apply_lazy(self, protocol: Protocol, data):
+        """A lazy label array for lazy (Dask) data."""
+        return apply_protocol(protocol, data, model=self.model)
+
+    def finish_apply(self, protocol: Protocol, image_layer, labels):
+        """Add (or replace) the Labels layer of an applied protocol (GUI thread)."""
         name = f"{image_layer.name} protocol {protocol.index + 1} (K={protocol.k}) applied"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)

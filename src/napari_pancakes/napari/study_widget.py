@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -27,7 +29,33 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..protocol import iter_apply
 from .study import StudyController, image_layers, protocol_layers
+
+class _Failure:
+    """An exception returned (not raised) by the worker, so napari shows no traceback dialog."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+
+@thread_worker
+def _apply_in_thread(protocol, data, model):
+    """Label the images in batches; yields (done, total); returns the (S, H, W) or (H, W) labels."""
+    try:
+        images = [data] if data.ndim == 2 else list(data)
+        labels = []
+        for i, lab in iter_apply(protocol, images, model=model):
+            labels.append(lab)
+            yield i + 1, len(images)
+    except Exception as exc:  # reported by _apply_done
+        return _Failure(exc)
+    return labels[0] if data.ndim == 2 else np.stack(labels)
+
+
+def _is_lazy(data) -> bool:
+    return type(data).__module__.startswith("dask")
+
 
 TABLE_COLUMNS = ["#", "prot.", "label", "effect", "q"]
 
@@ -47,6 +75,7 @@ class StudyWidget(QWidget):
         self.protocol = None  # the loaded protocol (Apply uses it, else the selected layer's)
         self.table_path: str | None = None
         self.last_message = ""
+        self.worker = None
         self.confirm = self._ask  # replaced by tests
         self.ask_path = self._ask_path  # replaced by tests: (title, filter, save) -> path or ""
 
@@ -84,9 +113,15 @@ class StudyWidget(QWidget):
         self.target_combo = QComboBox()
         self.target_combo.setToolTip("The image layer to label with the protocol (a 2D image, a stack, a volume, lazy data)")
         form.addRow("apply to", self.target_combo)
+        row = QHBoxLayout()
         self.apply_button = QPushButton("Apply to layer")
         self.apply_button.clicked.connect(lambda: self.apply())
-        form.addRow(self.apply_button)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(lambda: self.cancel_apply())
+        row.addWidget(self.apply_button)
+        row.addWidget(self.cancel_button)
+        form.addRow(row)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m images")
         form.addRow(self.progress)
@@ -205,22 +240,65 @@ class StudyWidget(QWidget):
                                     f"M={self.protocol.m}, K={self.protocol.k})")
         return self._say(f"loaded {path}", True)
 
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
     def apply(self) -> bool:
+        """Apply the protocol to the chosen image layer: lazy layers at once (chunks are labelled
+        when shown), others in a background worker with progress; Cancel stops between batches."""
+        if self.busy:
+            return self._say("an apply is running; wait or cancel it", False)
         try:
             image = self._layer(self.target_combo, "an image layer to apply to")
             protocol = self.protocol
             if protocol is None:
                 protocol = self.controller.protocol_from_layer(self._layer(self.source_combo, "a protocol layer"))
-            self.progress.setValue(0)
-
-            def progress(done, total):
-                self.progress.setMaximum(total or 0)
-                self.progress.setValue(done)
-
-            layer = self.controller.apply(protocol, image, progress=progress)
+            data = self.controller.prepare_apply(protocol, image)
+            if _is_lazy(data):
+                layer = self.controller.finish_apply(protocol, image, self.controller.apply_lazy(protocol, data))
+                return self._say(f"applied protocol {protocol.index + 1} to '{image.name}' (lazy): layer '{layer.name}'",
+                                 True)
         except Exception as exc:
             return self._say(str(exc), False)
-        return self._say(f"applied protocol {protocol.index + 1} to '{image.name}': layer '{layer.name}'", True)
+        self.progress.setValue(0)
+        self.worker = _apply_in_thread(protocol, data, self.controller.model)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(lambda result: self._apply_done(protocol, image, result))
+        self.worker.finished.connect(self._worker_finished)
+        self.apply_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.worker.start()
+        return self._say(f"applying protocol {protocol.index + 1} to '{image.name}'...", True)
+
+    def cancel_apply(self) -> bool:
+        if self.worker is None:
+            return False
+        self.worker.quit()
+        return self._say("apply cancelled; nothing was added", True)
+
+    def _on_progress(self, value):
+        done, total = value
+        self.progress.setMaximum(total)
+        self.progress.setValue(done)
+
+    def _apply_done(self, protocol, image, result):
+        if isinstance(result, _Failure):
+            self._say(str(result.exc), False)
+            return
+        if result is None:  # cancelled
+            return
+        try:
+            layer = self.controller.finish_apply(protocol, image, result)
+        except Exception as exc:
+            self._say(str(exc), False)
+            return
+        self._say(f"applied protocol {protocol.index + 1} to '{image.name}': layer '{layer.name}'", True)
+
+    def _worker_finished(self):
+        self.worker = None
+        self.apply_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
 
     def propagate(self) -> bool:
         try:

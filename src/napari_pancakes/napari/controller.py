@@ -265,14 +265,20 @@ class ProtocolController:
         self.viewer.layers.selection.active = first  # inserting selects each new layer: back to protocol 1
 
     def _reuse_labels(self, layer, data, name, request: RunRequest, meta: dict, visible: bool):
-        """Put a new protocol into an existing protocol layer of the same shape."""
-        layer.visible = False  # no redraw of the old pixels under the new name
-        layer.name = name
-        layer.scale, layer.translate = request.scale, request.translate
-        layer.features = names_table(default_names(meta["k"]))
+        """Put a new protocol into an existing protocol layer of the same shape. Only what
+        changed is set: every property set makes napari update the canvas and the layer list."""
+        if layer.name != name:
+            layer.name = name
+        if not np.allclose(layer.scale, request.scale):
+            layer.scale = request.scale
+        if not np.allclose(layer.translate, request.translate):
+            layer.translate = request.translate
+        if names_of(layer) != default_names(meta["k"]):
+            layer.features = names_table(default_names(meta["k"]))
         layer.data = data
         layer.metadata = {**layer.metadata, TAG: {**meta, "crc": checksum(data), "edited": False}}
-        layer.visible = visible
+        if layer.visible != visible:
+            layer.visible = visible
         return layer
 
     def run(self, layer, m: int = 8, k: int = 20, seed: int = 0, confirm: Confirm | bool = True,

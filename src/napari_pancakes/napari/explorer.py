@@ -409,7 +409,7 @@ class ExplorerWidget(QWidget):
             button.deleteLater()
         self.gallery_buttons = []
         protocols = self.controller.protocols() if self.controller.image_name else []
-        size, columns = (THUMB, 4) if len(protocols) <= 8 else (THUMB * 2 // 3, 5)  # M up to 32 stays compact
+        size, columns = (THUMB, 4) if len(protocols) <= 8 else (THUMB * 3 // 4, 4)  # M up to 32: more rows, same width
         thumbs = self.controller.thumbnails(size) if protocols else []
         self._shown_slice = self.controller.current_slice() if protocols else None
         for i, (layer, rgba) in enumerate(zip(protocols, thumbs)):

@@ -420,7 +420,9 @@ class ExplorerWidget(QWidget):
             info = tag(layer)
             used = info.get("labels_in_use")
             button.setText(f"{info['protocol']}" + ("" if used is None else f"\n{used} label" + "s" * (used != 1)))
+            effective = info.get("effective_labels")
             button.setToolTip(f"{layer.name}: {used} of {info['k']} labels in use" + (
+                f", as even as {effective:.1f} equal labels (protocols are sorted by this)" if effective else "") + (
                 " - one label everywhere: nothing to see" if info.get("single_label") else ""))
             button.setCheckable(True)
             button.setChecked(i == self.controller.current)

@@ -4,7 +4,7 @@ Never on LEAVE_OUT: the images are the validation split of the refiner campaign 
 image of each training dataset, target = label 1), 256 x 256, the best Pancakes label of each
 image as start (b). For each variant (``method[:lambda]``: ``hybrid:0.5`` sets the weight of
 the network prior in the hybrid, ``classical:0.005`` the weight of a starting mask in the
-classical walker), the simulated user gives Dice after 0..10 clicks for (a) nothing, (b) the
+classical walker; ``hybrid:0.5:0.5`` also the prior's decay per click), the simulated user gives Dice after 0..10 clicks for (a) nothing, (b) the
 Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_refine.py --data ../shared/data \\
@@ -71,12 +71,14 @@ def main(argv=None):
     ref = load_refiner(args.weights, device="cpu")
     out = {"weights": str(args.weights or "bundled"), "weights_meta": {k: v for k, v in ref.metadata.items() if k != "config"},
            "items": [(n, i) for n, i, *_ in items], "clicks": args.clicks, "variants": {}}
-    defaults = (session_module.HYBRID_LAMBDA, session_module.CLASSICAL_PRIOR_LAMBDA)
+    defaults = (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA)
     for v in args.variants:
         method, _, lam = v.partition(":")
-        session_module.HYBRID_LAMBDA, session_module.CLASSICAL_PRIOR_LAMBDA = defaults
+        lam, _, decay = lam.partition(":")
+        session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA = defaults
         if lam and method == "hybrid":
             session_module.HYBRID_LAMBDA = float(lam)
+            session_module.HYBRID_DECAY = float(decay) if decay else 1.0
         if lam and method == "classical":
             session_module.CLASSICAL_PRIOR_LAMBDA = float(lam)
         res, t0 = {}, time.time()

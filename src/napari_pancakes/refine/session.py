@@ -5,7 +5,8 @@ Three predictors (``method``):
 - ``"network"``: the click network alone (image, click/scribble maps, box mask, previous logits).
 - ``"hybrid"``: the network's probabilities as the prior of a seeded random walker on the
   working grid (clicks and scribbles are seeds, the outside of a box is background), so
-  the answer follows image edges where the network is unsure.
+  the answer follows image edges where the network is unsure; the prior's weight shrinks
+  with each click or scribble (``HYBRID_DECAY``), so the seeds take over as they accumulate.
 - ``"classical"``: the seeded random walker alone at the image's resolution (the baseline;
   the image border is background until the first negative click; a starting mask is its prior).
 
@@ -26,7 +27,9 @@ from .predictor import Refiner, _check_image, _check_points, honour_clicks
 from .walker import border_mask, box_outside, random_walk, seed_disks
 
 METHODS = ("network", "hybrid", "classical")
-HYBRID_LAMBDA = 0.5  # weight of the network prior in the hybrid walker
+HYBRID_LAMBDA = 0.5  # weight of the network prior in the hybrid walker before any click
+HYBRID_DECAY = 1.0  # ... multiplied by this per click or scribble (the seeds take over as they accumulate)
+HYBRID_LAMBDA_MIN = 0.002  # ... but never below this
 HYBRID_BETA = 130.0
 CLASSICAL_PRIOR_LAMBDA = 0.0005  # weight of a starting mask in the classical walker (refine-tune-classical.json)
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
@@ -251,7 +254,8 @@ class RefineSession:
             bg = seed_disks(nw, (res, res), 1.0) | smaps[1]
             if box_w is not None:
                 bg |= box_outside(box_w, (res, res))
-            prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=HYBRID_LAMBDA, beta=HYBRID_BETA)
+            lam = max(HYBRID_LAMBDA * HYBRID_DECAY ** (len(clicks) + len(scribbles)), HYBRID_LAMBDA_MIN)
+            prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=lam, beta=HYBRID_BETA)
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
         return honour_clicks(mask, clicks), logits

@@ -47,6 +47,25 @@ def test_cli_round_trip(folder, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert (out / "protocol_01" / "a_labels.png").read_bytes() == before
     assert main(["segment", *args, "--overwrite"]) == 0
+    names = json.loads((out / "protocol_02" / "labels.json").read_text())
+    assert names["files"]["labels"] == ["a_labels.png", "b_labels.png", "c_labels.tif", "d_labels.nii.gz"]
+    assert [e["name"] for e in names["labels"]] == [f"label {i}" for i in range(5)]
+    assert all(e["color"].startswith("#") for e in names["labels"])
+
+
+def test_cli_overwrite_replaces_the_previous_result_whole(folder, tmp_path):
+    out = tmp_path / "out"
+    weights = ["--weights", str(tmp_path / "w.safetensors")]
+    assert main(["segment", str(folder), "--m", "4", "--k", "5", "--out", str(out), *weights]) == 0
+    (out / "notes.txt").write_text("mine")  # not ours: stays
+    assert sorted(p.name for p in out.glob("protocol_*")) == [f"protocol_0{i}" for i in range(1, 5)]
+    assert main(["segment", str(folder / "a.png"), "--m", "2", "--k", "5", "--out", str(out), "--overwrite",
+                 *weights]) == 0
+    assert sorted(p.name for p in out.glob("protocol_*")) == ["protocol_01", "protocol_02"]
+    assert sorted(p.name for p in (out / "protocol_01").iterdir()) == ["a_labels.png", "labels.json"]
+    assert (out / "notes.txt").read_text() == "mine"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["m"] == 2 and len(summary["label_files"]) == 2
 
 
 def test_cli_bad_inputs(tmp_path, capsys):
@@ -95,7 +114,12 @@ def test_cli_checks_outputs_before_running(folder, tmp_path, capsys, monkeypatch
 def test_cli_help_message_and_summary_order(folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "``" not in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "``" not in said
+    for command in ("segment", "apply", "analyze", "evaluate"):  # every subcommand, with its one-line help
+        assert f"    {command} " in said, command
+    flat = " ".join(said.split())
+    assert "label new images with a saved protocol" in flat and "association with an outcome" in flat
     out = tmp_path / "one"
     single = tmp_path / "single"
     single.mkdir()

@@ -117,6 +117,38 @@ def test_export_round_trip(setup, tmp_path):
     assert "cell" in list(attrs["features"]["name"]) and attrs["scale"] == [1, 0.5, 0.25]
 
 
+def test_nifti_image_exports_labels_with_its_affine(model, tmp_path):
+    import nibabel as nib
+
+    from napari_pancakes.napari._io import get_reader
+
+    rng = np.random.default_rng(0)
+    affine = np.array([[0, 0, 2.0, 10], [0, 0.5, 0, -5], [0.75, 0, 0, 3], [0, 0, 0, 1]])
+    vol = rng.random((24, 20, 3)).astype(np.float32)  # (i, j, k): three slices along the last axis
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "scan.nii.gz")
+    [(data, attrs, kind)] = get_reader(str(tmp_path / "scan.nii.gz"))(str(tmp_path / "scan.nii.gz"))
+    assert kind == "image" and data.shape == (3, 24, 20) and attrs["scale"] == [2.0, 0.75, 0.5]
+    viewer = ViewerModel()
+    image = viewer.add_image(data, **attrs)
+    ctl = ProtocolController(viewer, model=model)
+    ctl.run(image, m=1, k=3)
+    chosen = ctl.choose()
+    paths = ctl.export(tmp_path / "labels", formats=("nifti",))
+    out = nib.load(paths["nifti"][0])
+    np.testing.assert_allclose(out.affine, affine)  # on the scan's grid, voxel for voxel
+    np.testing.assert_array_equal(np.moveaxis(np.asarray(out.dataobj), -1, 0), chosen.data)
+    # File > Save (the npe2 writer) writes the same file from the layer's attributes
+    from napari_pancakes.napari._io import write_labels
+
+    write_labels(str(tmp_path / "saved.nii.gz"), chosen.data, chosen._get_state())
+    np.testing.assert_allclose(nib.load(tmp_path / "saved.nii.gz").affine, affine)
+    # an image that did not come from NIfTI gets the voxel size from its scale
+    plain = viewer.add_image(data, name="plain", scale=(3, 1, 0.5))
+    ctl.run(plain, m=1, k=3)
+    paths = ctl.export(tmp_path / "plain", layer=ctl.protocols("plain")[0], formats=("nifti",))
+    np.testing.assert_allclose(nib.load(paths["nifti"][0]).affine, np.diag([1, 0.5, 3, 1]))
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

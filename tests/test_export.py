@@ -46,7 +46,7 @@ def test_png_and_nifti_readable_by_standard_readers(tmp_path):
     assert len(paths["png"]) == 3
     np.testing.assert_array_equal(iio.imread(paths["png"][1]), lab[1])
     vol = nib.load(paths["nifti"][0])
-    assert vol.shape == (12, 10, 3) and vol.header.get_zooms()[2] == 3
+    assert vol.shape == (10, 12, 3) and vol.header.get_zooms()[2] == 3  # the images along the last axis
 
 
 def test_never_overwrites_silently(tmp_path):
@@ -58,6 +58,35 @@ def test_never_overwrites_silently(tmp_path):
     assert (tmp_path / "x.labels.json").read_text() == before  # nothing was touched
     export_label_map(tmp_path / "x", lab * 0, names={1: "changed"}, overwrite=True)
     assert json.loads((tmp_path / "x.labels.json").read_text())["labels"][-1]["name"] == "changed"
+
+
+def test_overwrite_replaces_an_export_whole(tmp_path):
+    export_label_map(tmp_path / "x", _labels(), formats=("png", "nifti"))
+    (tmp_path / "other.png").write_bytes(b"someone else's")
+    export_label_map(tmp_path / "x", _labels()[:2], formats=("png",), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "other.png", "x.areas.csv", "x.labels.json", "x_000.png", "x_001.png"]  # no x_002.png, no x.nii.gz
+    back, _ = read_label_map(tmp_path / "x.labels.json")
+    np.testing.assert_array_equal(back, _labels()[:2])
+
+
+def test_one_writer_one_dtype_rule(tmp_path):
+    import nibabel as nib
+    import tifffile
+
+    from napari_pancakes.export import write_label_file
+
+    big = np.zeros((2, 4, 4), np.int64)
+    big[0, 0, 0] = 300
+    assert tifffile.imread(write_label_file(tmp_path / "a.tif", big)).dtype == np.uint16
+    assert tifffile.imread(write_label_file(tmp_path / "b.tif", big // 300)).dtype == np.uint8
+    affine = np.diag([0.5, 0.7, 2.0, 1.0])
+    vol = nib.load(write_label_file(tmp_path / "c.nii.gz", big, affine=affine))
+    assert vol.shape == (4, 4, 2) and np.allclose(vol.affine, affine) and vol.get_data_dtype() == np.uint16
+    with pytest.raises(ValueError, match="non-negative"):
+        write_label_file(tmp_path / "d.png", -np.ones((4, 4), np.int8))
+    with pytest.raises(ValueError, match="suffix"):
+        write_label_file(tmp_path / "e.jpg", np.zeros((4, 4), np.uint8))
 
 
 def test_bad_input_is_refused(tmp_path):

@@ -189,6 +189,10 @@ def test_apply_to_files_formats_names_and_overwrite(model, weights, images, tmp_
         apply_to_files(p, [folder], out, model=model)
     assert (out / "a_labels.png").read_bytes() == before
     apply_to_files(p, [folder], out, model=model, overwrite=True)
+    # --overwrite with fewer inputs: the new result replaces the old one whole
+    (out / "mine.txt").write_text("not a result file")
+    apply_to_files(p, [folder / "a.png"], out, model=model, overwrite=True)
+    assert sorted(f.name for f in out.iterdir()) == ["a_labels.png", "labels.json", "mine.txt"]
 
 
 def test_cli_apply(model, weights, images, tmp_path, capsys):

@@ -269,7 +269,7 @@ class Ranking:
     groups: list[str] = field(default_factory=list)
 
     def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
-        from .io import check_writable
+        from .export import check_writable
 
         path = Path(path)
         check_writable([path], overwrite)
@@ -468,7 +468,7 @@ def plot_association(measurements: Measurements, ranking: Ranking, row: int = 0,
 
 
 def save_plot(fig, path: str | Path, overwrite: bool = False) -> Path:
-    from .io import check_writable
+    from .export import check_writable
 
     path = Path(path)
     check_writable([path], overwrite)

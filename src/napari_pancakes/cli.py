@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
+NAMES_FILE = "labels.json"  # per protocol folder: label names and the preview's colours
 DESCRIPTION = "Segment a set of images into M candidate protocols of K labels each (Pancakes)."
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .model import K_RANGE, M_RANGE
 
-    parser = argparse.ArgumentParser(prog="napari-pancakes", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="napari-pancakes", description=DESCRIPTION,
+                                     epilog="napari-pancakes COMMAND -h lists a command's options.")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment a set of images into M protocols of K labels")
     seg.add_argument("inputs", nargs="*", help="image files or folders (PNG, TIFF, NIfTI)")
@@ -36,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     sub.add_parser("evaluate", help="evaluate on a folder of datasets (see python -m napari_pancakes.evaluate -h)",
                    add_help=False)
+    from .cli_study import COMMAND_HELP  # parsed by cli_study.py; listed here so --help shows them
+
+    for name, text in COMMAND_HELP.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -50,6 +56,7 @@ def run_segment(args) -> dict:
     from tqdm import tqdm
 
     from . import io
+    from .export import check_writable, clear_previous, hex_color, label_file_name, labels_document, write_label_file
     from .inference import check_mk, label_counts, protocol_order, protocol_stats, segment_set
     from .io_weights import load_model
 
@@ -61,9 +68,11 @@ def run_segment(args) -> dict:
     check_output_folder(out)
     sources = [io.read_source(p) for p in paths]
     check_unique_stems([s.path for s in sources])
-    targets = [io.label_path(out, s, p) for p in range(args.m) for s in sources]
+    labels_files = {p: [protocol_dir(p) + "/" + label_file_name(s.path, s.kind) for s in sources] for p in range(args.m)}
+    names_files = [protocol_dir(p) + "/" + NAMES_FILE for p in range(args.m)]
+    targets = [out / f for fs in labels_files.values() for f in fs] + [out / f for f in names_files]
     targets += [out / "preview.png", out / "summary.json"]
-    io.check_writable(targets, args.overwrite)
+    check_writable(targets, args.overwrite)
 
     members = [sl for s in sources for sl in s.slices]
     model = load_model(args.weights, device=args.device)
@@ -78,6 +87,8 @@ def run_segment(args) -> dict:
     per_image = [lab[order] for lab in per_image]
     stats = [stats[p] for p in order]
 
+    if args.overwrite:  # the new result replaces the old one whole: no file of it stays
+        clear_previous(out / "summary.json")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     start = 0
@@ -87,26 +98,37 @@ def run_segment(args) -> dict:
         start += n
         for p in range(args.m):
             lab = part[0][p] if s.kind == "2d" else np.stack([x[p] for x in part])
-            path = io.label_path(out, s, p)
-            io.write_labels(path, lab, s)
-            written.append(str(path))
+            written.append(str(write_label_file(out / protocol_dir(p) / label_file_name(s.path, s.kind), lab,
+                                                affine=s.affine)))
+    names = {i: f"label {i}" for i in range(args.k)}
+    colors = {i: hex_color(c / 255) for i, c in enumerate(label_colors(args.k))}
+    for p in range(args.m):
+        document = labels_document(names, colors, {"labels": [Path(f).name for f in labels_files[p]]},
+                                   protocol=p + 1, model_protocol=order[p] + 1, m=args.m, k=args.k, seed=args.seed)
+        (out / names_files[p]).write_text(json.dumps(document, indent=1))
     import imageio.v3 as iio
 
     from .preprocess import to_image_list
 
-    montage = io.montage(to_image_list(members)[0], per_image, args.k)
+    montage = make_montage(to_image_list(members)[0], per_image, args.k)
     rows = [f"protocol {p + 1}: {st['labels_in_use']} label" + "s" * (st["labels_in_use"] != 1)
             for p, st in enumerate(stats)]
     iio.imwrite(out / "preview.png", label_montage(montage, ["images"] + rows, member_names(sources)))
     summary = {
         "inputs": [str(p) for p in paths], "images_in_set": len(members), "m": args.m, "k": args.k,
         "seed": args.seed, "seconds": round(seconds, 3), "label_files": written,
+        "files": {"labels": [f for fs in labels_files.values() for f in fs], "names": names_files},
         "weights": args.weights or "bundled",
         "protocols": [{"protocol": p + 1, "model_protocol": order[p] + 1, **{key: st[key] for key in (
             "labels_in_use", "effective_labels", "single_label")}} for p, st in enumerate(stats)],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def protocol_dir(p: int) -> str:
+    """The folder of protocol ``p`` (0-based) in the output folder."""
+    return f"protocol_{p + 1:02d}"
 
 
 def check_output_folder(out: Path) -> None:
@@ -161,6 +183,46 @@ def label_montage(montage: np.ndarray, row_titles: list[str], column_titles: lis
         text = title if draw.textlength(title, font=font) <= tile else title[: max(3, tile // 8 - 1)] + "..."
         draw.text((left + c * (tile + gap) + tile // 2, top // 2), text, fill=(0, 0, 0), font=font, anchor="mm")
     return np.asarray(canvas)
+
+
+def label_colors(k: int, seed: int = 0) -> np.ndarray:
+    """(k, 3) uint8 distinct colours; label 0 dark grey, the rest spread in hue."""
+    import colorsys
+
+    colors = np.zeros((k, 3), dtype=np.uint8)
+    colors[0] = (40, 40, 40)
+    golden = 0.618033988749895
+    for i in range(1, k):
+        h = (seed * 0.1 + i * golden) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.65 + 0.35 * (i % 2), 0.95 - 0.25 * ((i // 2) % 2))
+        colors[i] = (int(r * 255), int(g * 255), int(b * 255))
+    return colors
+
+
+def make_montage(images: list[np.ndarray], labels: list[np.ndarray], k: int, tile: int = 128, max_images: int = 8) -> np.ndarray:
+    """RGB preview: first row the images, then one row per protocol (labels blended over images).
+
+    Arguments:
+        images: 2D intensity images of the set.
+        labels: per image, (M, H, W) label maps.
+    """
+    from skimage.transform import resize
+
+    from .preprocess import normalize_intensity
+
+    n = min(len(images), max_images)
+    m = labels[0].shape[0]
+    colors = label_colors(k).astype(np.float32) / 255
+    canvas = np.ones(((m + 1) * (tile + 2), n * (tile + 2), 3), dtype=np.float32)
+    for j in range(n):
+        grey = resize(normalize_intensity(images[j]), (tile, tile), order=1, anti_aliasing=True)
+        x0 = j * (tile + 2)
+        canvas[0:tile, x0 : x0 + tile] = grey[..., None]
+        for p in range(m):
+            lab = resize(labels[j][p], (tile, tile), order=0, preserve_range=True, anti_aliasing=False).astype(int)
+            y0 = (p + 1) * (tile + 2)
+            canvas[y0 : y0 + tile, x0 : x0 + tile] = 0.7 * colors[lab] + 0.3 * grey[..., None]
+    return (np.clip(canvas, 0, 1) * 255).astype(np.uint8)
 
 
 def main(argv=None) -> int:

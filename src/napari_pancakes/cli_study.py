@@ -17,7 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = ("apply", "analyze")
+COMMAND_HELP = {  # one line each, also shown by the top-level ``napari-pancakes --help``
+    "apply": "label new images with a saved protocol (same label ids and names)",
+    "analyze": "rank (protocol, label) pairs by association with an outcome",
+}
+COMMANDS = tuple(COMMAND_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="napari-pancakes", description="studies with a chosen protocol")
     sub = parser.add_subparsers(dest="command", required=True)
-    ap = sub.add_parser("apply", help="label new images with a saved protocol (same label ids and names)")
+    ap = sub.add_parser("apply", help=COMMAND_HELP["apply"])
     ap.add_argument("protocol", help="a protocol .json saved from the explorer or Protocol.save")
     ap.add_argument("inputs", nargs="+", help="image files or folders (PNG, TIFF, NIfTI 2D/3D)")
     ap.add_argument("--out", required=True, help="output folder")
@@ -34,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(workers must see the same paths)")
     _common(ap)
 
-    an = sub.add_parser("analyze", help="rank (protocol, label) pairs by association with an outcome")
+    an = sub.add_parser("analyze", help=COMMAND_HELP["analyze"])
     an.add_argument("inputs", nargs="+", help="image files or folders: the collection (one row per image in --table)")
     an.add_argument("--table", required=True, help="CSV: an image name or index column plus outcome columns")
     an.add_argument("--outcome", required=True, help="the outcome column to test")
@@ -108,14 +112,15 @@ def collection(inputs) -> tuple[list, list[str]]:
 def run_analyze(args) -> str:
     from tqdm import tqdm
 
-    from . import analysis, io
+    from . import analysis
+    from .export import check_writable
     from .inference import check_mk
     from .protocol import Protocol
 
     check_mk(args.m, args.k)
     out = Path(args.out)
     targets = [out / "ranking.csv", out / "measurements.csv", out / "plot.png"]
-    io.check_writable(targets, args.overwrite)
+    check_writable(targets, args.overwrite)
     table = analysis.read_outcomes(args.table, args.id_column)
     protocol = Protocol.load(args.protocol) if args.protocol else None
     images, names = collection(args.inputs)

@@ -1,4 +1,4 @@
-"""Reading image sets from files and writing label maps aligned with them.
+"""Reading image sets from files (writing label maps is :mod:`.export`'s job).
 
 Supported: PNG/JPEG/BMP (2D, grey or RGB), TIFF (2D, RGB or a (S, H, W) stack) and NIfTI
 (2D, or 3D where the slices along the last axis form the set).
@@ -25,7 +25,8 @@ def stem_of(path: Path) -> str:
 
 @dataclass
 class Source:
-    """One input file: its slices (members of the set) and what is needed to write labels back."""
+    """One input file: its slices (members of the set) and what is needed to write labels back
+    (a NIfTI file's affine: :func:`napari_pancakes.export.write_label_file` keeps it)."""
 
     path: Path
     slices: list[np.ndarray]
@@ -90,82 +91,3 @@ def read_source(path: Path) -> Source:
     if spatial == 3:
         return Source(path, list(data), "stack")
     raise ValueError(f"{path}: image of shape {data.shape} is neither 2D nor a stack of 2D images")
-
-
-def label_path(out_dir: Path, source: Source, protocol: int) -> Path:
-    """Where protocol ``protocol``'s labels for ``source`` go (format follows the input)."""
-    ext = {"volume": ".nii.gz", "stack": ".tif"}.get(source.kind)
-    if ext is None:
-        s = suffix_of(source.path)
-        ext = ".nii.gz" if s in (".nii", ".nii.gz") else (".tif" if s in (".tif", ".tiff") else ".png")
-    return out_dir / f"protocol_{protocol + 1:02d}" / f"{stem_of(source.path)}_labels{ext}"
-
-
-def write_labels(path: Path, labels: np.ndarray, source: Source) -> None:
-    """Write one label map (2D, or (S, H, W) for stacks/volumes) in the format of ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    s = suffix_of(path)
-    if s == ".nii.gz":
-        import nibabel as nib
-
-        data = np.moveaxis(labels, 0, -1) if labels.ndim == 3 else labels  # slices back to the last axis
-        affine = source.affine if source.affine is not None else np.eye(4)
-        nib.save(nib.Nifti1Image(data.astype(np.uint8 if labels.max() < 256 else np.int32), affine), str(path))
-    elif s == ".tif":
-        import tifffile
-
-        tifffile.imwrite(str(path), labels, compression="zlib")
-    else:
-        import imageio.v3 as iio
-
-        iio.imwrite(str(path), labels.astype(np.uint8))
-
-
-def check_writable(paths, overwrite: bool) -> None:
-    """Refuse to overwrite: raise FileExistsError naming the existing outputs unless ``overwrite``."""
-    existing = [str(p) for p in paths if Path(p).exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 3} more)" if len(existing) > 3 else ""
-        raise FileExistsError(
-            f"output exists: {', '.join(existing[:3])}{more}; choose another folder or pass --overwrite"
-        )
-
-
-def label_colors(k: int, seed: int = 0) -> np.ndarray:
-    """(k, 3) uint8 distinct colours; label 0 dark grey, the rest spread in hue."""
-    import colorsys
-
-    colors = np.zeros((k, 3), dtype=np.uint8)
-    colors[0] = (40, 40, 40)
-    golden = 0.618033988749895
-    for i in range(1, k):
-        h = (seed * 0.1 + i * golden) % 1.0
-        r, g, b = colorsys.hsv_to_rgb(h, 0.65 + 0.35 * (i % 2), 0.95 - 0.25 * ((i // 2) % 2))
-        colors[i] = (int(r * 255), int(g * 255), int(b * 255))
-    return colors
-
-
-def montage(images: list[np.ndarray], labels: list[np.ndarray], k: int, tile: int = 128, max_images: int = 8) -> np.ndarray:
-    """RGB preview: first row the images, then one row per protocol (labels blended over images).
-
-    Arguments:
-        images: 2D intensity images of the set.
-        labels: per image, (M, H, W) label maps.
-    """
-    from skimage.transform import resize
-
-    from .preprocess import normalize_intensity
-
-    n = min(len(images), max_images)
-    m = labels[0].shape[0]
-    colors = label_colors(k).astype(np.float32) / 255
-    canvas = np.ones(((m + 1) * (tile + 2), n * (tile + 2), 3), dtype=np.float32)
-    for j in range(n):
-        grey = resize(normalize_intensity(images[j]), (tile, tile), order=1, anti_aliasing=True)
-        x0 = j * (tile + 2)
-        canvas[0:tile, x0 : x0 + tile] = grey[..., None]
-        for p in range(m):
-            lab = resize(labels[j][p], (tile, tile), order=0, preserve_range=True, anti_aliasing=False).astype(int)
-            y0 = (p + 1) * (tile + 2)
-            canvas[y0 : y0 + tile, x0 : x0 + tile] = 0.7 * colors[lab] + 0.3 * grey[..., None]
-    return (np.clip(canvas, 0, 1) * 255).astype(np.uint8)

@@ -32,7 +32,7 @@ def to_image_list(images) -> tuple[list[np.ndarray], bool]:
     else:
         arr = _as_numeric_array(images, "input", accepted)
         if arr.ndim >= 3 and arr.shape[-1] in (3, 4) and arr.ndim in (3, 4) and _looks_rgb(arr):
-            arr = _rgb_to_intensity(arr)
+            arr = rgb_to_intensity(arr)
         if arr.ndim == 2:
             single = True
             arr = arr[None]
@@ -73,11 +73,13 @@ def _looks_rgb(arr: np.ndarray) -> bool:
 
 def _to_intensity(arr: np.ndarray, what: str, accepted: str) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and _looks_rgb(arr):
-        return _rgb_to_intensity(arr)
+        return rgb_to_intensity(arr)
     return arr
 
 
-def _rgb_to_intensity(arr: np.ndarray) -> np.ndarray:
+def rgb_to_intensity(arr: np.ndarray) -> np.ndarray:
+    """The package's one RGB(A) -> intensity rule (float32; alpha ignored), used by the core,
+    the explorer and the study dock alike."""
     rgb = arr[..., :3].astype(np.float32)
     return rgb @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # skimage.color.rgb2gray weights
 

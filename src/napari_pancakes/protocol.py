@@ -453,20 +453,17 @@ class connect:
 # --------------------------------------------------------------------- files
 def target_path(out_dir: Path, path: Path) -> Path:
     """Where the labels of input ``path`` go: ``OUT/<stem>_labels.<png|tif|nii.gz>`` (format follows the input)."""
-    from . import io
+    from .export import label_file_name
 
-    return Path(out_dir) / io.label_path(Path(out_dir), io.Source(Path(path), [], "2d"), 0).name
+    return Path(out_dir) / label_file_name(path)
 
 
 def names_json(protocol: Protocol, files: Sequence[str]) -> dict:
     """The names/colours file written beside applied label files (same label list as an export)."""
-    names = protocol.label_names()
-    return {
-        "format": "napari-pancakes-labels/1",
-        "protocol": protocol.to_dict(),
-        "files": {"labels": list(files)},
-        "labels": [{"id": i, "name": n, "color": protocol.colors.get(i)} for i, n in sorted(names.items())],
-    }
+    from .export import labels_document
+
+    return labels_document(protocol.label_names(), protocol.colors, {"labels": list(files)},
+                           protocol=protocol.to_dict())
 
 
 def apply_to_files(protocol: Protocol, inputs, out_dir, model=None, *, overwrite: bool = False, batch: int = BATCH,
@@ -477,12 +474,14 @@ def apply_to_files(protocol: Protocol, inputs, out_dir, model=None, *, overwrite
     so memory does not grow with the number of files. A 3D NIfTI volume (or TIFF stack) is a set
     of slices and gets one label volume back (NIfTI keeps the input's affine). ``labels.json``
     (names, colours, the protocol) is written beside. Every target is checked first: nothing is
-    replaced without ``overwrite``. With ``scheduler`` (address or Client), each file is a task on
+    replaced without ``overwrite``, and with it the earlier result's files (listed in its
+    ``labels.json``) are removed first, so no file of an older run stays mixed with the new ones. With ``scheduler`` (address or Client), each file is a task on
     a dask.distributed cluster whose workers see the same paths.
 
     Returns the written label files.
     """
     from . import io
+    from .export import check_writable, clear_previous, write_label_file
 
     paths = io.expand_inputs(inputs)
     out_dir = Path(out_dir)
@@ -490,9 +489,11 @@ def apply_to_files(protocol: Protocol, inputs, out_dir, model=None, *, overwrite
     if len(set(targets)) != len(targets):
         raise ValueError("two inputs share a file name; their outputs would collide - rename one")
     names_path = out_dir / NAMES_FILE
-    io.check_writable(targets + [names_path], overwrite)
+    check_writable(targets + [names_path], overwrite)
 
     def write_names():
+        if overwrite:
+            clear_previous(names_path)
         out_dir.mkdir(parents=True, exist_ok=True)
         names_path.write_text(json.dumps(names_json(protocol, [t.name for t in targets]), indent=1))
 
@@ -517,7 +518,7 @@ def apply_to_files(protocol: Protocol, inputs, out_dir, model=None, *, overwrite
         pending[0][1].append(lab)
         while pending and len(pending[0][1]) == len(pending[0][0].slices):
             source, labs, target = pending.pop(0)
-            io.write_labels(target, labs[0] if source.kind == "2d" else np.stack(labs), source)
+            write_label_file(target, labs[0] if source.kind == "2d" else np.stack(labs), affine=source.affine)
             written.append(target)
             if progress is not None:
                 progress(len(written), total)
@@ -527,11 +528,12 @@ def apply_to_files(protocol: Protocol, inputs, out_dir, model=None, *, overwrite
 def _apply_file(protocol_dict: dict, path: str, target: str) -> str:
     """One file, on a cluster worker: read, label, write; returns the written path."""
     from . import io
+    from .export import write_label_file
 
     protocol = Protocol.from_dict(protocol_dict)
     source = io.read_source(Path(path))
     labs = [lab for _, lab in iter_apply(protocol, source.slices)]
-    io.write_labels(Path(target), labs[0] if source.kind == "2d" else np.stack(labs), source)
+    write_label_file(target, labs[0] if source.kind == "2d" else np.stack(labs), affine=source.affine)
     return target
 
 

@@ -20,8 +20,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..export import area_summary, export_label_map, label_areas, label_dtype
+from ..export import NIFTI_AFFINE, area_summary, export_label_map, label_areas, label_dtype
 from ..inference import PancakesPredictor, check_mk, label_counts, protocol_order, protocol_stats
+from ..preprocess import rgb_to_intensity
 
 TAG = "pancakes"  # key of our entry in layer.metadata: how protocol layers are recognised
 HISTORY_LIMIT = 20
@@ -42,6 +43,7 @@ class RunRequest:
     m: int
     k: int
     seed: int
+    affine: list | None = None  # a NIfTI image's affine (its layer metadata): export writes labels with it
     labels: np.ndarray = field(default=None, repr=False)  # (M, S, H, W), filled by compute
     cache: "EncodedSet | None" = field(default=None, repr=False)  # the image layer's predictor slot
     stats: list = field(default=None, repr=False)  # per protocol (model order), filled by compute
@@ -189,7 +191,7 @@ class ProtocolController:
             )
         data = np.asarray(layer.data)
         if layer.rgb:
-            data = data[..., :3].astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32)
+            data = rgb_to_intensity(data)
         spatial_shape = tuple(data.shape)
         images = [data] if data.ndim == 2 else list(data)
         units = tuple(str(u) for u in layer.units) if getattr(layer, "units", None) is not None else None
@@ -206,6 +208,7 @@ class ProtocolController:
             m=m,
             k=k,
             seed=int(seed or 0),
+            affine=layer.metadata.get(NIFTI_AFFINE),
             cache=cache,
         )
 
@@ -251,6 +254,7 @@ class ProtocolController:
             stats = request.stats[p] if request.stats else {}
             meta = {"role": "protocol", "source": request.image_name, "protocol": rank + 1, "model_protocol": p + 1,
                     "m": request.m, "k": request.k, "seed": request.seed,
+                    **({NIFTI_AFFINE: request.affine} if request.affine is not None else {}),
                     **{key: stats[key] for key in ("labels_in_use", "effective_labels", "single_label") if key in stats}}
             name = protocol_name(request.image_name, rank + 1, request.k)
             visible = rank == 0  # the most informative protocol shown alone, as show_protocol(0) does
@@ -544,12 +548,13 @@ class ProtocolController:
         return rows
 
     def export(self, stem: str | Path, layer=None, formats=("tiff",), overwrite: bool = False) -> dict:
-        """Write the working label map, its names/colours JSON and its area CSV (see :mod:`..export`)."""
+        """Write the working label map, its names/colours JSON and its area CSV (see :mod:`..export`);
+        a label map of a NIfTI image is written as NIfTI with that image's affine."""
         layer = self.working(layer)
         names = names_of(layer)
         colors = {i: layer.get_color(i) for i in names if i > 0}
         return export_label_map(stem, layer.data, names=names, colors=colors, scale=tuple(layer.scale),
-                                formats=formats, overwrite=overwrite)
+                                formats=formats, overwrite=overwrite, affine=tag(layer).get(NIFTI_AFFINE))
 
 
 # --------------------------------------------------------------------- helpers
@@ -563,11 +568,16 @@ def names_table(names: dict[int, str]) -> dict:
     return {"index": np.array(ids, dtype=np.int64), "name": [names[i] for i in ids]}
 
 
-def names_of(layer) -> dict[int, str]:
-    feats = layer.features
-    if "index" not in feats or "name" not in feats:
+def names_from_features(features) -> dict[int, str]:
+    """Label id -> name from Labels ``features`` (a table or dict with 'index' and 'name');
+    the inverse of :func:`names_table`."""
+    if features is None or "index" not in features or "name" not in features:
         return {0: "background"}
-    return {int(i): str(n) for i, n in zip(feats["index"], feats["name"])}
+    return {int(i): str(n) for i, n in zip(features["index"], features["name"])}
+
+
+def names_of(layer) -> dict[int, str]:
+    return names_from_features(layer.features)
 
 
 def _set_names(layer, names: dict[int, str]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export import hex_color
 from ..protocol import Protocol, ProtocolSet, apply_protocol, model_for
 from .controller import TAG, names_of, names_table, tag
 
@@ -78,7 +79,7 @@ class StudyController:
         m, k, seed = info["m"], info["k"], info.get("seed", 0)
         index = info.get("model_protocol", info["protocol"]) - 1
         names = names_of(layer)
-        colors = {i: _hex(layer.get_color(i)) for i in names if i > 0 and layer.get_color(i) is not None}
+        colors = {i: hex_color(layer.get_color(i)) for i in names if i > 0 and layer.get_color(i) is not None}
         merges, background = {}, []
         original = self._original(info)
         if original is not None and info.get("role") == "chosen":
@@ -270,16 +271,10 @@ class StudyController:
 
 def _intensity(layer, lazy: bool = False):
     """The layer's pixels as intensities (RGB converted); Dask data stays lazy when ``lazy``."""
-    from ..preprocess import _rgb_to_intensity
+    from ..preprocess import rgb_to_intensity
 
     data = layer.data if lazy else np.asarray(layer.data)
-    return _rgb_to_intensity(np.asarray(data)) if layer.rgb else data
-
-
-def _hex(color) -> str:
-    from ..export import _hex as to_hex
-
-    return to_hex(color)
+    return rgb_to_intensity(np.asarray(data)) if layer.rgb else data
 
 
 def _set_colors(layer, colors: dict, k: int) -> None:

@@ -108,6 +108,31 @@ def test_run_browse_choose_rename_export(qtbot, widget, tmp_path):
     assert "chosen.tif" in asked[0] and "Replace them?" in asked[0] and "overwrite=" not in asked[0]
 
 
+def test_save_protocol_button_writes_the_chosen_protocol(qtbot, widget, tmp_path):
+    from napari_pancakes.protocol import Protocol
+
+    w = widget
+    assert w.save_protocol(str(tmp_path / "none.json")) is None and "no protocol yet" in w.last_message
+    w.viewer.add_image(synthetic_blobs(n_images=2, size=48), name="blobs")
+    w.m_spin.setValue(2)
+    w.k_spin.setValue(3)
+    _run(qtbot, w)
+    w.show_protocol(1)
+    w.choose()
+    w.controller.rename(1, "cell")
+    saved = w.save_protocol(str(tmp_path / "p.json"))
+    assert saved is not None and "saved the protocol" in w.last_message
+    back = Protocol.load(tmp_path / "p.json", model=w.controller.model)
+    info = tag(w.controller.working())
+    assert (back.m, back.k, back.index) == (2, 3, info["model_protocol"] - 1) and back.names[1] == "cell"
+    w.confirm = lambda message: False  # an existing file is replaced only when the user says so
+    before = (tmp_path / "p.json").read_text()
+    w.controller.rename(1, "nucleus")
+    assert w.save_protocol(str(tmp_path / "p.json")) is None
+    assert (tmp_path / "p.json").read_text() == before
+    assert w.save_protocol_button.isEnabled()
+
+
 def test_run_twice_replaces(qtbot, widget):
     w, viewer = widget, widget.viewer
     viewer.add_image(synthetic_blobs(n_images=2, size=48), name="blobs")

@@ -12,6 +12,7 @@ tracebacks: they end as a ``show_error`` notification and leave the layers as th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from napari.qt.threading import thread_worker
@@ -257,6 +258,12 @@ class ExplorerWidget(QWidget):
         self.export_button.setToolTip("Label map + <name>.labels.json (names, colours) + <name>.areas.csv")
         self.export_button.clicked.connect(self._export_dialog)
         layout.addWidget(self.export_button)
+        self.save_protocol_button = QPushButton("Save protocol...")
+        self.save_protocol_button.setToolTip("The chosen protocol as a file (M, K, protocol, seed, weights' hash, names, "
+                                             "colours, merges) to label more images the same way: "
+                                             "the Study panel or napari-pancakes apply")
+        self.save_protocol_button.clicked.connect(lambda: self.save_protocol())
+        layout.addWidget(self.save_protocol_button)
         return box
 
     # ----------------------------------------------------------------- messages
@@ -641,6 +648,37 @@ class ExplorerWidget(QWidget):
         n = sum(len(v) for v in written.values())
         self.notify(f"wrote {n} files next to {written['names'][0].parent}")
         return written
+
+    def save_protocol(self, path: str | None = None):
+        """Save the chosen label map's protocol (else the protocol shown) as JSON, through the
+        study controller's :meth:`~.study.StudyController.save_protocol` (``Protocol.save``);
+        asks before replacing a file. Returns the saved Protocol, or None (with a message)."""
+        from .study import StudyController
+
+        try:
+            layer = self.controller.working()
+        except ValueError:
+            shown = self.controller.protocols()
+            if not shown:
+                self.notify("no protocol yet: run Pancakes on an image and choose a protocol first", error=True)
+                return None
+            layer = shown[self.controller.current % len(shown)]
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save protocol", "", "Protocol (*.json)")
+            if not path:
+                return None
+        overwrite = Path(path).exists()
+        if overwrite and not self.confirm(f"{path} exists. Replace it?"):
+            self.notify("protocol not saved; no file was changed")
+            return None
+        try:
+            protocol = StudyController(self.viewer, model=self.controller.model).save_protocol(layer, path, overwrite)
+        except (ValueError, OSError) as exc:
+            self.notify(f"could not save the protocol: {exc}", error=True)
+            return None
+        self.notify(f"saved the protocol of '{layer.name}' to {path}: apply it with the Study panel or "
+                    "napari-pancakes apply")
+        return protocol
 
     def closeEvent(self, event) -> None:
         self.cancel_run()

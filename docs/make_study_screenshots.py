@@ -30,6 +30,10 @@ from make_screenshots import (  # noqa: E402
 
 
 def main(argv=None) -> int:
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "img"))
     parser.add_argument("--table", default=str(Path(__file__).resolve().parent / "study_outcomes.csv"))
@@ -94,6 +98,9 @@ def main(argv=None) -> int:
     viewer.layers.selection.active = chosen
     viewer.dims.set_point(0, 0)
     assert widget.propagate(), widget.last_message
+    while widget.busy:  # the propagation runs in a worker
+        QApplication.processEvents()
+        time.sleep(0.02)
     print(widget.last_message)
     viewer.dims.set_point(0, 2)
     chosen.opacity = 0.35

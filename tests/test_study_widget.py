@@ -76,7 +76,7 @@ def test_apply_to_other_layer_and_lazy_layer(setup, qtbot):
     np.testing.assert_array_equal(np.asarray(lazy.data), applied.data)
 
 
-def test_propagate_and_undo(setup):
+def test_propagate_and_undo(setup, qtbot):
     viewer, explorer, chosen, w = setup
     before = chosen.data.copy()
     label = int(np.bincount(before[0].ravel()).argmax())
@@ -88,7 +88,10 @@ def test_propagate_and_undo(setup):
     viewer.layers.selection.active = chosen
     viewer.dims.set_point(0, 0)
     assert w.propagate(), w.last_message
-    assert "images changed" in w.last_message
+    assert w.busy and not w.propagate_button.isEnabled()  # in a worker: the call returns at once
+    np.testing.assert_array_equal(chosen.data, painted)  # the layer changes when the worker is done
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert "images changed" in w.last_message and w.propagate_button.isEnabled()
     changed = viewer.layers[f"{chosen.name} changed"]  # what changed is shown
     np.testing.assert_array_equal(changed.data.astype(bool), chosen.data != painted)
     np.testing.assert_array_equal(chosen.data[0], painted[0])  # the corrected image stays as drawn

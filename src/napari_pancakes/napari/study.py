@@ -159,8 +159,16 @@ class StudyController:
         ``slice_index`` (default: the one under the slider) and re-label every image of the set.
 
         The corrected image keeps the user's mask for that label. Returns the propagation record;
-        :meth:`undo` restores the layer and the protocol.
+        :meth:`undo` restores the layer and the protocol. Synchronous; a GUI runs the three steps
+        :meth:`prepare_propagate` (GUI thread), :meth:`compute_propagate` (any thread) and
+        :meth:`finish_propagate` (GUI thread) so that the viewer keeps drawing.
         """
+        job = self.prepare_propagate(layer, label, slice_index)
+        return self.finish_propagate(self.compute_propagate(job))
+
+    def prepare_propagate(self, layer, label: int | None = None, slice_index: int | None = None) -> dict:
+        """Check the layer and snapshot what a propagation needs (the corrected image's mask, the
+        set's intensities the first time); raises ``ValueError`` with a message for the user."""
         info = tag(layer)
         if info.get("role") not in ("protocol", "chosen", STUDY_ROLE):
             raise ValueError(f"layer '{layer.name}' is not a protocol, chosen or applied layer")
@@ -170,24 +178,38 @@ class StudyController:
         label = int(layer.selected_label if label is None else label)
         stack = _as_stack(layer.data)
         s = self.current_slice(layer) if slice_index is None else int(slice_index)
-        mask = stack[s] == label
-        key = layer.name
-        protocol = self.protocol_from_layer(layer) if key not in self.sets else self.sets[key].protocol
-        if key not in self.sets:
-            self.sets[key] = ProtocolSet(protocol, _intensity(self.viewer.layers[source]), model=self.model)
-        ps = self.sets[key]
-        record = ps.propagate(s, mask, label)
+        job = {"layer": layer, "info": info, "key": layer.name, "image": s, "label": label,
+               "mask": stack[s] == label, "drawn": np.array(stack[s], copy=True), "set": self.sets.get(layer.name)}
+        if job["set"] is None:  # the first correction of this layer: the set is encoded in compute
+            job["protocol"] = self.protocol_from_layer(layer)
+            job["images"] = np.array(_intensity(self.viewer.layers[source]), copy=True)
+        return job
+
+    def compute_propagate(self, job: dict) -> dict:
+        """The network work of a propagation (any thread; touches no layer): encode the set the
+        first time, learn the label, re-label every image. Fills ``job['record']`` and ``['labels']``."""
+        if job["set"] is None:
+            job["set"] = ProtocolSet(job["protocol"], job["images"], model=self.model)
+        ps = job["set"]
+        job["record"] = ps.propagate(job["image"], job["mask"], job["label"])
+        job["labels"] = np.stack(ps.labels)
+        return job
+
+    def finish_propagate(self, job: dict):
+        """Put a computed propagation into its layer, mark what changed, keep it for undo (GUI thread)."""
+        layer, ps, s = job["layer"], job["set"], job["image"]
+        self.sets[job["key"]] = ps
         previous = np.array(layer.data, copy=True)
-        new = np.stack(ps.labels).astype(layer.data.dtype, copy=False)
-        new[s] = stack[s]  # the corrected image stays as the user drew it
+        new = job["labels"].astype(layer.data.dtype, copy=False)
+        new[s] = job["drawn"]  # the corrected image stays as the user drew it
         layer.data = new if layer.data.ndim == 3 else new[0]
         meta = dict(layer.metadata)
         # the role stays (the explorer still finds its chosen layer); the learnt protocol travels with the layer
         meta[TAG] = {**meta.get(TAG, {}), "edited": True, "study_protocol": ps.protocol.to_dict()}
         layer.metadata = meta
         self._show_changes(layer, previous != np.asarray(layer.data))
-        self.history.append((layer, previous, record, info))
-        return record
+        self.history.append((layer, previous, job["record"], job["info"]))
+        return job["record"]
 
     def changes_name(self, layer) -> str:
         return f"{layer.name} changed"

@@ -53,6 +53,15 @@ def _apply_in_thread(protocol, data, model):
     return labels[0] if data.ndim == 2 else np.stack(labels)
 
 
+@thread_worker
+def _propagate_in_thread(controller, job):
+    """The network part of a propagation, off the GUI thread; errors are returned, not raised."""
+    try:
+        return controller.compute_propagate(job)
+    except Exception as exc:  # reported by _propagate_done
+        return _Failure(exc)
+
+
 def _is_lazy(data) -> bool:
     return type(data).__module__.startswith("dask")
 
@@ -301,14 +310,40 @@ class StudyWidget(QWidget):
         self.cancel_button.setEnabled(False)
 
     def propagate(self) -> bool:
+        """Propagate the selected label's correction in a background worker (the viewer keeps
+        drawing); the layer changes when it is done. True when it started."""
+        if self.busy:
+            return self._say("a job is running; wait for it to finish", False)
         try:
             layer = self.viewer.layers.selection.active
             if layer is None or layer not in protocol_layers(self.viewer):
                 layer = self._layer(self.source_combo, "a labels layer")
-            record = self.controller.propagate(layer)
+            job = self.controller.prepare_propagate(layer)
         except Exception as exc:
             return self._say(str(exc), False)
-        return self._say(record.summary() + " (Undo propagation restores it)", True)
+        self.worker = _propagate_in_thread(self.controller, job)
+        self.worker.returned.connect(self._propagate_done)
+        self.worker.finished.connect(self._propagate_finished)
+        for button in (self.propagate_button, self.undo_button, self.apply_button):
+            button.setEnabled(False)
+        self.worker.start()
+        return self._say(f"propagating label {job['label']} of '{layer.name}' to every image...", True)
+
+    def _propagate_done(self, job):
+        if isinstance(job, _Failure):
+            self._say(str(job.exc), False)
+            return
+        try:
+            record = self.controller.finish_propagate(job)
+        except Exception as exc:  # e.g. the layer was removed while the worker ran
+            self._say(str(exc), False)
+            return
+        self._say(record.summary() + " (Undo propagation restores it)", True)
+
+    def _propagate_finished(self):
+        self.worker = None
+        for button in (self.propagate_button, self.undo_button, self.apply_button):
+            button.setEnabled(True)
 
     def undo(self) -> bool:
         record = self.controller.undo()

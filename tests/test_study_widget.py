@@ -104,6 +104,16 @@ def test_propagate_and_undo(setup, qtbot):
     assert not w.undo() and "nothing to undo" in w.last_message
 
 
+def test_propagation_works_whatever_grad_mode_the_thread_holds(setup):
+    import torch
+
+    viewer, explorer, chosen, w = setup
+    label = int(np.bincount(chosen.data[0].ravel()).argmax())
+    with torch.inference_mode():  # what a cancelled explorer run can leave on a pooled worker thread
+        record = w.controller.propagate(chosen, label=label, slice_index=0)
+    assert record.label == label and tag(chosen)["study_protocol"]["learned"]
+
+
 def test_population_analysis_table_plot_exports(setup, tmp_path):
     viewer, explorer, chosen, w = setup
     table = tmp_path / "outcomes.csv"

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
 
 from ..export import export_paths
 from ..model import K_RANGE, M_RANGE
+from ._qt import Failure, refill_combo
 from .controller import ProtocolController, checksum, compute, tag
 
 # Single-letter viewer shortcuts (letters napari leaves free in 0.9; never Ctrl+Q).
@@ -52,13 +53,6 @@ THUMB = 64
 CHECKED_STYLE = "QToolButton:checked { border: 3px solid #ffd21f; border-radius: 3px; background: #5a4a00; }"
 PLUGIN_NAME = "napari-pancakes"
 REFINE_WIDGET_NAME = "Click refinement"  # display_name of the refine widget in napari.yaml
-
-
-class _Failure:
-    """A run's exception, wrapped: superqt re-raises a returned Exception instance."""
-
-    def __init__(self, exc: Exception):
-        self.exc = exc
 
 
 @thread_worker
@@ -71,7 +65,7 @@ def _run_in_thread(controller: ProtocolController, request):
         _warm_up_labels()
         yield from compute(request, model)
     except Exception as exc:  # reported to the user by _on_returned
-        return _Failure(exc)
+        return Failure(exc)
     return request
 
 
@@ -280,12 +274,7 @@ class ExplorerWidget(QWidget):
     def _refresh_layer_choices(self, event=None) -> None:
         current = self.layer_combo.currentText()
         names = [ly.name for ly in self.viewer.layers if _is_input_image(ly)]
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        keep = current if current in names else (names[-1] if names else "")
-        self.layer_combo.setCurrentText(keep)
-        self.layer_combo.blockSignals(False)
+        keep = refill_combo(self.layer_combo, names, names[-1] if names else "")
         if keep != current:
             self._on_layer_changed(keep)
         removed = getattr(event, "value", None) if getattr(event, "type", "") == "removed" else None
@@ -360,7 +349,7 @@ class ExplorerWidget(QWidget):
         self.progress.setValue(done)
 
     def _on_returned(self, result) -> None:
-        if isinstance(result, _Failure):
+        if isinstance(result, Failure):
             self.notify(f"Pancakes run failed: {result.exc}", error=True)
             return
         try:

@@ -187,11 +187,18 @@ class StudyController:
 
     def compute_propagate(self, job: dict) -> dict:
         """The network work of a propagation (any thread; touches no layer): encode the set the
-        first time, learn the label, re-label every image. Fills ``job['record']`` and ``['labels']``."""
-        if job["set"] is None:
-            job["set"] = ProtocolSet(job["protocol"], job["images"], model=self.model)
-        ps = job["set"]
-        job["record"] = ps.propagate(job["image"], job["mask"], job["label"])
+        first time, learn the label, re-label every image. Fills ``job['record']`` and ``['labels']``.
+
+        Learning needs autograd, and torch's grad / inference mode is per thread: a pooled worker
+        thread can carry the inference mode of a generator an earlier run left suspended (a
+        cancelled explorer run), so both are set here whatever the thread holds."""
+        import torch
+
+        with torch.inference_mode(False), torch.enable_grad():
+            if job["set"] is None:
+                job["set"] = ProtocolSet(job["protocol"], job["images"], model=self.model)
+            ps = job["set"]
+            job["record"] = ps.propagate(job["image"], job["mask"], job["label"])
         job["labels"] = np.stack(ps.labels)
         return job
 

@@ -30,13 +30,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..protocol import iter_apply
+from ._qt import Failure, refill_combo
 from .study import StudyController, image_layers, protocol_layers
-
-class _Failure:
-    """An exception returned (not raised) by the worker, so napari shows no traceback dialog."""
-
-    def __init__(self, exc: Exception):
-        self.exc = exc
 
 
 @thread_worker
@@ -49,7 +44,7 @@ def _apply_in_thread(protocol, data, model):
             labels.append(lab)
             yield i + 1, len(images)
     except Exception as exc:  # reported by _apply_done
-        return _Failure(exc)
+        return Failure(exc)
     return labels[0] if data.ndim == 2 else np.stack(labels)
 
 
@@ -59,7 +54,7 @@ def _propagate_in_thread(controller, job):
     try:
         return controller.compute_propagate(job)
     except Exception as exc:  # reported by _propagate_done
-        return _Failure(exc)
+        return Failure(exc)
 
 
 def _is_lazy(data) -> bool:
@@ -209,13 +204,7 @@ class StudyWidget(QWidget):
         for combo, layers in ((self.source_combo, protocol_layers(self.viewer)),
                               (self.target_combo, image_layers(self.viewer)),
                               (self.image_combo, image_layers(self.viewer))):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems([ly.name for ly in layers])
-            if current in [ly.name for ly in layers]:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+            refill_combo(combo, [ly.name for ly in layers])
 
     def _layer(self, combo, what: str):
         name = combo.currentText()
@@ -292,7 +281,7 @@ class StudyWidget(QWidget):
         self.progress.setValue(done)
 
     def _apply_done(self, protocol, image, result):
-        if isinstance(result, _Failure):
+        if isinstance(result, Failure):
             self._say(str(result.exc), False)
             return
         if result is None:  # cancelled
@@ -330,7 +319,7 @@ class StudyWidget(QWidget):
         return self._say(f"propagating label {job['label']} of '{layer.name}' to every image...", True)
 
     def _propagate_done(self, job):
-        if isinstance(job, _Failure):
+        if isinstance(job, Failure):
             self._say(str(job.exc), False)
             return
         try:

@@ -21,3 +21,4 @@ napari-pancakes analyze src/napari_pancakes/sample_data/dsb2018_nuclei_fluoresce
 python benchmarks/bench_predictor.py --out "$R/predictor.json"
 XVFB=""; [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null && XVFB="xvfb-run -a -s '-screen 0 1600x1000x24'"
 eval "$XVFB" python benchmarks/bench_widget_responsiveness.py --out "$R/widget_responsiveness.json"
+eval "$XVFB" python benchmarks/bench_cancel.py --out "$R/cancel.json"

@@ -106,6 +106,11 @@ def test_run_browse_choose_rename_export(qtbot, widget, tmp_path):
     w.confirm = lambda message: asked.append(message) or False
     assert w.export_to(str(tmp_path / "chosen"), formats=["tiff"]) is None
     assert "chosen.tif" in asked[0] and "Replace them?" in asked[0] and "overwrite=" not in asked[0]
+    # replacing a TIFF export by a PNG one says the old TIFF goes, and removes it
+    w.confirm = lambda message: asked.append(message) or True
+    assert w.export_to(str(tmp_path / "chosen"), formats=["png"]) is not None
+    assert "chosen.tif will be removed" in asked[-1]
+    assert not (tmp_path / "chosen.tif").exists() and (tmp_path / "chosen_005.png").exists()
 
 
 def test_save_protocol_button_writes_the_chosen_protocol(qtbot, widget, tmp_path):

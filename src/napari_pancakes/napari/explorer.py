@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..export import export_paths
+from ..export import export_paths, manifest_files
 from ..model import K_RANGE, M_RANGE
 from ._qt import Failure, refill_combo
 from .controller import ProtocolController, checksum, compute, tag
@@ -709,10 +709,16 @@ def _section(title: str, content: QWidget) -> QWidget:
 
 
 def _overwrite_question(stem, formats, layer) -> str:
+    """What replacing would touch: the new export's files that exist, and the earlier export's
+    label files (replacing removes them, so none stays mixed with the new ones)."""
     n_images = layer.data.shape[0] if layer.ndim == 3 else 1
-    existing = [p.name for group in export_paths(stem, tuple(formats), n_images).values() for p in group if p.exists()]
-    listed = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
-    return f"{len(existing)} of the export files already exist ({listed}). Replace them?"
+    paths = export_paths(stem, tuple(formats), n_images)
+    new = [p for group in paths.values() for p in group if p.exists()]
+    old = [p for p in manifest_files(paths["names"][0]) if p.exists() and p.name not in {q.name for q in new}]
+    listed = ", ".join(p.name for p in new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+    gone = f"; the earlier export's {', '.join(p.name for p in old[:3])}{' ...' if len(old) > 3 else ''} " \
+           "will be removed" if old else ""
+    return f"{len(new)} of the export files already exist ({listed}){gone}. Replace them?"
 
 
 def _format_area(area: float) -> str:

@@ -104,6 +104,19 @@ def test_propagate_and_undo(setup, qtbot):
     assert not w.undo() and "nothing to undo" in w.last_message
 
 
+def test_applied_layer_of_a_nifti_image_saves_with_its_affine(setup, tmp_path):
+    import nibabel as nib
+
+    from napari_pancakes.napari._io import write_labels
+
+    viewer, explorer, chosen, w = setup
+    affine = [[0.0, 0, 2, 1], [0, 0.5, 0, 2], [0.5, 0, 0, 3], [0, 0, 0, 1]]
+    scan = viewer.add_image(synthetic_blobs(3, 48, seed=1), name="scan", metadata={"nifti_affine": affine})
+    layer = w.controller.apply(w.controller.protocol_from_layer(chosen), scan)
+    write_labels(str(tmp_path / "scan_labels.nii.gz"), layer.data, layer._get_state())
+    np.testing.assert_allclose(nib.load(tmp_path / "scan_labels.nii.gz").affine, affine)
+
+
 def test_propagation_works_whatever_grad_mode_the_thread_holds(setup):
     import torch
 

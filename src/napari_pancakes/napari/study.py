@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export import hex_color
+from ..export import NIFTI_AFFINE, hex_color
 from ..protocol import Protocol, ProtocolSet, apply_protocol, model_for
 from .controller import TAG, names_of, names_table, tag
 
@@ -149,7 +149,7 @@ class StudyController:
             features=names_table(names), opacity=0.6,
             metadata={TAG: {"role": STUDY_ROLE, "source": image_layer.name, "protocol_file": None,
                             "protocol": protocol.to_dict(), "m": protocol.m, "k": protocol.k,
-                            "seed": protocol.seed}})
+                            "seed": protocol.seed, **_affine_of(image_layer)}})
         _set_colors(layer, protocol.colors, protocol.k)
         return layer
 
@@ -304,6 +304,12 @@ def _intensity(layer, lazy: bool = False):
 
     data = layer.data if lazy else np.asarray(layer.data)
     return rgb_to_intensity(np.asarray(data)) if layer.rgb else data
+
+
+def _affine_of(image_layer) -> dict:
+    """The NIfTI affine an image layer carries (the plugin's NIfTI reader), for its label layers."""
+    affine = getattr(image_layer, "metadata", {}).get(NIFTI_AFFINE)
+    return {} if affine is None else {NIFTI_AFFINE: affine}
 
 
 def _set_colors(layer, colors: dict, k: int) -> None:

@@ -70,6 +70,20 @@ def test_overwrite_replaces_an_export_whole(tmp_path):
     np.testing.assert_array_equal(back, _labels()[:2])
 
 
+def test_clear_previous_reads_old_segment_summaries_and_stays_in_its_folder(tmp_path):
+    from napari_pancakes.export import clear_previous
+
+    out = tmp_path / "out"
+    (out / "protocol_01").mkdir(parents=True)
+    (out / "protocol_01" / "a_labels.png").write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    (out / "summary.json").write_text(json.dumps({"label_files": ["somewhere/out/protocol_01/a_labels.png"]}))
+    assert [p.name for p in clear_previous(out / "summary.json")] == ["a_labels.png"]
+    assert not (out / "protocol_01").exists()  # left empty: removed
+    (out / "x.labels.json").write_text(json.dumps({"files": {"tiff": ["../outside.png"]}}))
+    assert clear_previous(out / "x.labels.json") == [] and (tmp_path / "outside.png").exists()
+
+
 def test_one_writer_one_dtype_rule(tmp_path):
     import nibabel as nib
     import tifffile

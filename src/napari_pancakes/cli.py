@@ -1,8 +1,10 @@
 """Command line: ``napari-pancakes segment INPUT... --m 8 --k 20 --out DIR``.
 
 All inputs together form one set (a 3D volume or a TIFF stack contributes its slices).
-Writes, per protocol, a label file aligned with each input, a preview montage PNG and a
-``summary.json``; refuses to overwrite unless ``--overwrite``. Protocols are numbered most
+Writes, per protocol, a label file aligned with each input and ``labels.json`` (names, the
+preview's colours), a preview montage PNG and a ``summary.json``, all through
+:mod:`.export` (the one label writer); refuses to overwrite unless ``--overwrite``, which
+replaces the earlier result whole. Protocols are numbered most
 informative first (as in the explorer); ``summary.json`` gives each one's model index.
 """
 from __future__ import annotations
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--seed", type=int, default=0, help="0: canonical protocols; others: other draws")
     seg.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     seg.add_argument("--weights", default=None, help="a .safetensors file (default: bundled weights)")
-    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument("--overwrite", action="store_true",
+                     help="replace the result already in --out whole (its label files are removed first)")
     sub.add_parser("evaluate", help="evaluate on a folder of datasets (see python -m napari_pancakes.evaluate -h)",
                    add_help=False)
     from .cli_study import COMMAND_HELP  # parsed by cli_study.py; listed here so --help shows them

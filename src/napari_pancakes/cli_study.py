@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _common(p):
     p.add_argument("--weights", default=None, help="a .safetensors file (default: bundled weights)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (apply: the earlier result "
+                   "in --out whole, its label files removed first)")
 
 
 def _load(args):

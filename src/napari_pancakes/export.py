@@ -130,8 +130,11 @@ def manifest_files(manifest: str | Path) -> list[Path]:
     """The files an earlier result lists in its manifest's ``files`` (kind -> names relative to it)."""
     manifest = Path(manifest)
     try:
-        files = json.loads(manifest.read_text()).get("files") or {}
-    except (OSError, ValueError, AttributeError):
+        document = json.loads(manifest.read_text())
+        files = document.get("files") or {}
+        if not files and document.get("label_files"):  # a segment summary.json from before "files"
+            files = {"labels": [str(Path(Path(f).parent.name) / Path(f).name) for f in document["label_files"]]}
+    except (OSError, ValueError, AttributeError, TypeError):
         return []
     folder = manifest.parent.resolve()
     out = []

@@ -360,10 +360,7 @@ class ProtocolController:
         if layer is None:
             layers = self.protocols()
             layer = layers[0] if layers else None
-        if layer is None or layer.ndim < 3:
-            return 0
-        data_point = layer.world_to_data(self.viewer.dims.point)
-        return int(np.clip(round(float(data_point[0])), 0, layer.data.shape[0] - 1))
+        return slice_under_slider(self.viewer, layer)
 
     def thumbnails(self, size: int = 96, slice_index: int | None = None) -> list[np.ndarray]:
         """RGBA uint8 (size, size, 4) previews of every protocol on one image of the set."""
@@ -589,6 +586,14 @@ def _mark_edited(layer) -> None:
     meta = dict(layer.metadata)
     meta[TAG] = {**meta.get(TAG, {}), "edited": True}
     layer.metadata = meta
+
+
+def slice_under_slider(viewer, layer) -> int:
+    """Index of the image of ``layer``'s set under the viewer's slider (0 for a 2D layer or None)."""
+    if layer is None or layer.ndim < 3:
+        return 0
+    data_point = layer.world_to_data(viewer.dims.point)
+    return int(np.clip(round(float(data_point[0])), 0, layer.data.shape[0] - 1))
 
 
 def checksum(data) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..export import NIFTI_AFFINE, hex_color
 from ..protocol import Protocol, ProtocolSet, apply_protocol, model_for
-from .controller import TAG, names_of, names_table, tag
+from .controller import TAG, names_of, names_table, slice_under_slider, tag
 
 STUDY_ROLE = "applied"  # role of layers made by Apply in our metadata entry
 
@@ -250,10 +250,7 @@ class StudyController:
         return record
 
     def current_slice(self, layer) -> int:
-        if layer.ndim < 3:
-            return 0
-        point = layer.world_to_data(self.viewer.dims.point)
-        return int(np.clip(round(float(point[0])), 0, layer.data.shape[0] - 1))
+        return slice_under_slider(self.viewer, layer)
 
     # ----------------------------------------------------------------- population analysis
     def analyze(self, image_layer, table, outcome: str, measure: str = "area", kind: str | None = None,

@@ -73,12 +73,16 @@ def run(args) -> dict:
     from napari_pancakes.training.simulate import simulate_session
 
     torch.set_num_threads(1)
+    if args.hybrid_decay is not None:
+        import napari_pancakes.refine.session as session_module
+
+        session_module.HYBRID_DECAY = args.hybrid_decay
     refiner = load_refiner(args.weights, device="cpu")
     data = load_leave_out(data_root(args.data), args.max_images, args.cache)
     res = {"weights": str(args.weights or "bundled refiner_default.safetensors"),
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
-           "reused": str(args.reuse) if args.reuse else None,
+           "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay,
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "sets": {}}
     reuse = json.loads(args.reuse.read_text()) if args.reuse else {"sets": {}}
     for name, (images, truths, idx) in data.items():
@@ -161,6 +165,7 @@ def main(argv=None):
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files")
+    ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="a result file whose curves for the same images are reused (for 'classical', which needs no weights)")
     args = ap.parse_args(argv)

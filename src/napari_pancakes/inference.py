@@ -132,16 +132,18 @@ class PancakesPredictor:
         dev = next(self.model.parameters()).device
         res = self.model.config.resolution
         feats, regions = [], []
-        with torch.inference_mode():
-            for start in range(0, len(items), max(1, int(batch))):
-                chunk = items[start : start + max(1, int(batch))]
-                normalised = [normalize_intensity(im) for im in chunk]
-                x = torch.from_numpy(np.stack([resize_image(im, (res, res)) for im in normalised]))[:, None].to(dev)
+        # Grad modes are thread-local and a generator may be resumed or abandoned in another
+        # thread (a GUI worker), so no ``inference_mode`` block may span a ``yield``.
+        for start in range(0, len(items), max(1, int(batch))):
+            chunk = items[start : start + max(1, int(batch))]
+            normalised = [normalize_intensity(im) for im in chunk]
+            x = torch.from_numpy(np.stack([resize_image(im, (res, res)) for im in normalised]))[:, None].to(dev)
+            with torch.inference_mode():
                 g = self.model.features(self.model.phi(x)).float().cpu()  # (n, D, r, r)
-                feats.append(g.half())
-                for j, im in enumerate(normalised):
-                    regions.append(self._uniform_regions(im, g[j]) if self.uniform_regions else None)
-                yield start + len(chunk), len(items)
+            feats.append(g.half())
+            for j, im in enumerate(normalised):
+                regions.append(self._uniform_regions(im, g[j]) if self.uniform_regions else None)
+            yield start + len(chunk), len(items)
         self._features = torch.cat(feats)
         self._regions = regions
         self.shapes = [tuple(im.shape) for im in items]
@@ -194,25 +196,26 @@ class PancakesPredictor:
         m, k = check_mk(m, k)
         self._check_ready()
         label_dtype = np.uint8 if k <= 256 else np.int32
-        with torch.inference_mode():
+        with torch.inference_mode():  # not across the yields below (see iter_set_images)
             weights, bias = self.model.pair_weights(m, k, protocol_offsets(m, seed))  # (M, K, D), (M, K)
             weights, bias = weights.float().cpu(), bias.float().cpu()
-            for i, shape in enumerate(self.shapes):
-                feats = self._features[i].float()
-                labels = np.empty((m,) + shape, dtype=label_dtype)
-                probs = np.empty((m, k) + shape, dtype=np.float32) if return_probs else None
-                if return_probs:  # every logit is needed
-                    for y0, y1, logits in _logit_bands(self.model.h, feats, weights, bias, shape):
-                        band = (y1 - y0, shape[1])
-                        labels[:, y0:y1] = logits.argmax(-1).T.reshape((m,) + band).numpy()
-                        probs[:, :, y0:y1] = torch.softmax(logits, -1).permute(1, 2, 0).reshape((m, k) + band).numpy()
-                        yield None
-                else:
-                    for _ in _label_bands(self.model.h, feats, weights, bias, shape, labels):
-                        yield None
-                if self._regions[i] is not None:
-                    _flatten_regions(self.model.h, self._regions[i], weights, bias, labels, probs)
-                yield i, labels, probs
+        # below, nothing requires grad: weights, biases and cached features are plain tensors
+        for i, shape in enumerate(self.shapes):
+            feats = self._features[i].float()
+            labels = np.empty((m,) + shape, dtype=label_dtype)
+            probs = np.empty((m, k) + shape, dtype=np.float32) if return_probs else None
+            if return_probs:  # every logit is needed
+                for y0, y1, logits in _logit_bands(self.model.h, feats, weights, bias, shape):
+                    band = (y1 - y0, shape[1])
+                    labels[:, y0:y1] = logits.argmax(-1).T.reshape((m,) + band).numpy()
+                    probs[:, :, y0:y1] = torch.softmax(logits, -1).permute(1, 2, 0).reshape((m, k) + band).numpy()
+                    yield None
+            else:
+                for _ in _label_bands(self.model.h, feats, weights, bias, shape, labels):
+                    yield None
+            if self._regions[i] is not None:
+                _flatten_regions(self.model.h, self._regions[i], weights, bias, labels, probs)
+            yield i, labels, probs
 
     def protocols(self, m: int = 8, k: int = 20, seed: int | None = 0, return_probs: bool = False,
                   progress: Callable[[int, int], None] | None = None):

@@ -206,13 +206,17 @@ def group_means(rows: list[dict], methods) -> dict:
 
 def sweep_mk(weights, items: list[dict], ms=(1, 3, 8, 15), ks=(5, 10, 20, 40)) -> dict:
     """Mean Set Dice (x100) of Pancakes over an M x K grid on the given items (means per source first)."""
+    from .inference import segment_set
+    from .io_weights import load_model
+
+    model = load_model(weights, device="cpu")  # once for the whole grid
     table = {}
     for m in ms:
         for k in ks:
-            fn = method_functions(weights, m, k)["pancakes"]
             per_source: dict = {}
             for it in items:
-                per_source.setdefault(it["source"], []).append(pair_scores(fn(it["images"]), it["truth"], k).max())
+                labels = segment_set(it["images"], m, k, model=model)
+                per_source.setdefault(it["source"], []).append(pair_scores(labels, it["truth"], k).max())
             table[f"{m}x{k}"] = 100 * float(np.mean([np.mean(v) for v in per_source.values()]))
     return table
 

@@ -152,7 +152,6 @@ DATASET_GROUPS = {
     "drishti_gs_disc_cup": [np.array([0, 1, 1])],  # whole disc
     "dental_crown_root": [np.array([0, 1, 1])],  # whole tooth
 }
-JSRT_GROUPS = DATASET_GROUPS["jsrt_scr_chest"]
 
 
 def data_root(path: str | Path | None = None) -> Path | None:
@@ -243,7 +242,7 @@ def derive_target(rng: np.random.Generator, labels: np.ndarray, groups: list[np.
 
 def _compact(protocol: np.ndarray) -> np.ndarray:
     """Renumber the labels used in (S, H, W) to 0..L-1 (order kept)."""
-    used, inverse = np.unique(protocol, return_inverse=True)
+    _, inverse = np.unique(protocol, return_inverse=True)
     return inverse.reshape(protocol.shape).astype(np.int64)
 
 

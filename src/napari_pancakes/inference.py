@@ -276,59 +276,73 @@ def _logit_bands(head, feats, weights, bias, shape):
         yield y0, y1, head.logits(pixels, weights, bias)[:, :, :, 0, 0]
 
 
+def _taps(weights: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support of each row of a resampling matrix as taps: ``(index (T, n_out) int64,
+    weight (T, n_out) float32)`` with T the widest support. Narrower rows repeat their last
+    index with weight 0, which leaves minima, maxima and weighted sums unchanged."""
+    support = weights > 0
+    first = support.argmax(1)
+    last = weights.shape[1] - 1 - support[:, ::-1].argmax(1)
+    steps = np.arange(int((last - first).max()) + 1)[:, None]
+    index = np.minimum(first[None] + steps, last[None])
+    tap_weight = np.where(first[None] + steps <= last[None], np.take_along_axis(weights.T, index, 0), 0.0)
+    return torch.from_numpy(index), torch.from_numpy(tap_weight.astype(np.float32))
+
+
+def _window_min_max(low: torch.Tensor, high: torch.Tensor, index: torch.Tensor, axis: int):
+    """Min of ``low`` and max of ``high`` along ``axis`` over the source indices each output
+    index draws from (``index`` from :func:`_taps`)."""
+    out_min, out_max = low.index_select(axis, index[0]), high.index_select(axis, index[0])
+    for t in range(1, index.shape[0]):
+        out_min = torch.minimum(out_min, low.index_select(axis, index[t]))
+        out_max = torch.maximum(out_max, high.index_select(axis, index[t]))
+    return out_min, out_max
+
+
 def _label_bands(head, feats, weights, bias, shape, out: np.ndarray):
     """Fill ``out`` (M, H, W) with the argmax labels, band by band (yields after each band).
 
     Exact shortcut: a resampled logit is a convex combination (non-negative weights summing to
     one) of the logits at the working-resolution pixels it is made from, so where protocol m
     gives all of those pixels the same label k, k is also the argmax of the combination. Labels
-    are therefore computed at the working resolution first, and the full logits only at the
-    pixels whose sources disagree (the label boundaries), protocol by protocol.
+    are therefore computed at the working resolution first (in the output's small integer
+    type), and the resampled features and full logits only at the pixels whose sources
+    disagree (the label boundaries), protocol by protocol, gathered from the few source taps
+    of each pixel rather than by dense matrix products.
     """
     d, r, _ = feats.shape
     h, w = shape
     m, k, _ = weights.shape
-    low = head.logits(feats[None], weights, bias)[0].argmax(1)  # (M, r, r)
+    small = torch.uint8 if out.dtype == np.uint8 else torch.int32
+    pixels = feats.reshape(d, -1).T[:, :, None, None]  # each pixel one "image" of 1 x 1: K innermost, fast argmax
+    low = head.logits(pixels, weights, bias)[:, :, :, 0, 0].argmax(-1).to(small).T.reshape(m, r, r).contiguous()
     if (h, w) == (r, r):
         out[:] = low.numpy()
         yield
         return
-    ry_np, rx_np = interpolation_matrix(h, r), interpolation_matrix(w, r)
-    lo_min, lo_max = _window_min_max(low, low, rx_np, axis=2)  # over source columns: (M, r, W)
-    ry, rx = torch.from_numpy(ry_np), torch.from_numpy(rx_np)
-    cols = torch.einsum("dyx,wx->dyw", feats, rx)  # (D, r, W)
+    y_index, y_weight = _taps(interpolation_matrix(h, r))
+    x_index, x_weight = _taps(interpolation_matrix(w, r))
+    lo_min, lo_max = _window_min_max(low, low, x_index, axis=2)  # over source columns: (M, r, W)
+    rx = torch.from_numpy(interpolation_matrix(w, r))
+    cols = (feats.reshape(d * r, r) @ rx.T).reshape(d, r, w)  # resampled along x: (D, r, W)
+    cols = cols.permute(1, 2, 0).reshape(r * w, d).contiguous()  # one row of D features per (source row, x)
     band = max(1, BAND_ELEMENTS // max(1, m * k * w))
     for y0 in range(0, h, band):
         y1 = min(h, y0 + band)
-        first, last = _window_min_max(lo_min, lo_max, ry_np[y0:y1], axis=1)  # over source rows: (M, b, W)
-        labels = first.reshape(m, -1).clone()
+        first, last = _window_min_max(lo_min, lo_max, y_index[:, y0:y1].contiguous(), axis=1)  # over source rows: (M, b, W)
+        labels = first.reshape(m, -1)
         mixed = (first != last).reshape(m, -1)
-        if bool(mixed.any()):
-            g = torch.einsum("hy,dyw->dhw", ry[y0:y1], cols).reshape(d, -1)  # (D, pixels)
-            for p in range(m):
-                index = torch.nonzero(mixed[p]).squeeze(1)
-                if index.numel():
-                    pixels = g[:, index].T[:, :, None, None]  # each pixel one "image" of 1 x 1
-                    logits = head.logits(pixels, weights[p : p + 1], bias[p : p + 1])[:, 0, :, 0, 0]
-                    labels[p, index] = logits.argmax(-1)
+        for p in range(m):
+            index = torch.nonzero(mixed[p]).squeeze(1)
+            if not index.numel():
+                continue
+            ys, xs = index // w + y0, index % w
+            g = sum(cols.index_select(0, y_index[t, ys] * w + xs) * y_weight[t, ys, None]
+                    for t in range(y_index.shape[0]))  # (n, D)
+            logits = head.logits(g[:, :, None, None], weights[p : p + 1], bias[p : p + 1])[:, 0, :, 0, 0]
+            labels[p, index] = logits.argmax(-1).to(small)
         out[:, y0:y1] = labels.reshape(m, y1 - y0, w).numpy()
         yield
-
-
-def _window_min_max(low: torch.Tensor, high: torch.Tensor, weights: np.ndarray, axis: int):
-    """Min of ``low`` and max of ``high`` along ``axis`` over the source indices each output
-    index draws from (the non-zero run of its row of the resampling ``weights``)."""
-    support = weights > 0
-    first = support.argmax(1)
-    last = weights.shape[1] - 1 - support[:, ::-1].argmax(1)
-    first_t, last_t = torch.from_numpy(first), torch.from_numpy(last)
-    out_min = low.index_select(axis, first_t)
-    out_max = high.index_select(axis, first_t)
-    for t in range(1, int((last - first).max()) + 1):
-        index = torch.minimum(first_t + t, last_t)
-        out_min = torch.minimum(out_min, low.index_select(axis, index))
-        out_max = torch.maximum(out_max, high.index_select(axis, index))
-    return out_min, out_max
 
 
 def _flatten_regions(head, regions, weights, bias, labels, probs) -> None:

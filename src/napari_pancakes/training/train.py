@@ -261,6 +261,9 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(model_state)
         opt.load_state_dict(opt_state)
         step, best, elapsed_before = ck["step"], ck["best"], ck.get("elapsed", 0.0)
+        best_json = out / "best_state.safetensors.json"
+        if best_json.is_file():  # a validation after the last save may have raised the bar
+            best = max(best, float(json.loads(best_json.read_text()).get("best", best)))
         mine = rank if rank < len(ck["rng"]) else 0
         _set_rng_state(rng, ck["rng"][mine], rng_tensors.get(f"torch{mine}"))
         if main_proc:

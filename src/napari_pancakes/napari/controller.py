@@ -13,6 +13,8 @@ background and "send to background" has somewhere to send to.
 """
 from __future__ import annotations
 
+import contextlib
+
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +247,14 @@ class ProtocolController:
         order = request.order or list(range(request.m))
         reusable = [ly for ly in old if ly.data.shape == labels.shape[1:] or (
             len(request.spatial_shape) == 2 and ly.data.shape == labels.shape[2:])]
-        for ly in [ly for ly in old if ly not in reusable[: request.m]]:
-            self.viewer.layers.remove(ly)
+        surplus = [ly for ly in old if ly not in reusable[: request.m]]
+        if surplus:
+            # one batch: napari cleans its scene graph (a full gc.collect, ~0.2 s) once per
+            # batch instead of once per removed layer (where napari has batched_update)
+            batched = getattr(self.viewer.layers, "batched_update", contextlib.nullcontext)
+            with batched():
+                for ly in surplus:
+                    self.viewer.layers.remove(ly)
             yield None
         first = None
         for rank, p in enumerate(order):

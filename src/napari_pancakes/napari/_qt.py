@@ -23,3 +23,30 @@ def refill_combo(combo, names: list[str], fallback: str | None = None) -> str:
         combo.setCurrentText(fallback)
     combo.blockSignals(False)
     return combo.currentText()
+
+
+def push_button(text: str, slot, tip: str | None = None):
+    """A QPushButton that calls ``slot()`` when clicked (without Qt's ``checked`` argument,
+    which would otherwise land in the slot's first optional parameter)."""
+    from qtpy.QtWidgets import QPushButton
+
+    button = QPushButton(text)
+    button.clicked.connect(lambda *_: slot())
+    if tip:
+        button.setToolTip(tip)
+    return button
+
+
+def add_row(layout, *widgets, stretch: dict | None = None):
+    """Add ``widgets`` side by side as one row of ``layout`` (a box or form layout); ``stretch``
+    maps a widget's position to its stretch factor. Returns the row."""
+    from qtpy.QtWidgets import QFormLayout, QHBoxLayout
+
+    row = QHBoxLayout()
+    for i, widget in enumerate(widgets):
+        row.addWidget(widget, (stretch or {}).get(i, 0))
+    if isinstance(layout, QFormLayout):
+        layout.addRow(row)
+    else:
+        layout.addLayout(row)
+    return row

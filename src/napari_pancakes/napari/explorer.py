@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QMessageBox,
     QProgressBar,
-    QPushButton,
     QScrollArea,
     QSpinBox,
     QTableWidget,
@@ -43,7 +42,7 @@ from qtpy.QtWidgets import (
 
 from ..export import export_paths, manifest_files
 from ..model import K_RANGE, M_RANGE
-from ._qt import Failure, refill_combo
+from ._qt import Failure, add_row, push_button, refill_combo
 from .controller import ProtocolController, checksum, compute, tag
 
 # Single-letter viewer shortcuts (letters napari leaves free in 0.9; never Ctrl+Q).
@@ -157,15 +156,10 @@ class ExplorerWidget(QWidget):
         form.addRow("protocols M", self.m_spin)
         form.addRow("labels K", self.k_spin)
         form.addRow("seed", self.seed_spin)
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self.start_run)
-        self.cancel_button = QPushButton("Cancel")
+        self.run_button = push_button("Run", self.start_run)
+        self.cancel_button = push_button("Cancel", self.cancel_run)
         self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel_run)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        form.addRow(row)
+        add_row(form, self.run_button, self.cancel_button)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m images")
         self.progress.setTextVisible(True)
@@ -182,20 +176,14 @@ class ExplorerWidget(QWidget):
         self.gallery.setStyleSheet(CHECKED_STYLE)
         self.gallery_buttons: list[QToolButton] = []
         layout.addWidget(self.gallery)
-        row = QHBoxLayout()
-        self.prev_button = QPushButton("< Prev")
-        self.prev_button.clicked.connect(lambda: self.step(-1))
-        self.next_button = QPushButton("Next >")
-        self.next_button.clicked.connect(lambda: self.step(1))
+        self.prev_button = push_button("< Prev", lambda: self.step(-1))
+        self.next_button = push_button("Next >", lambda: self.step(1))
         self.grid_check = QCheckBox("grid")
         self.grid_check.setToolTip("napari grid mode: all protocols side by side, each tile named")
         self.grid_check.toggled.connect(self.set_grid)
-        for w in (self.prev_button, self.next_button, self.grid_check):
-            row.addWidget(w)
-        layout.addLayout(row)
-        self.choose_button = QPushButton("Use this protocol")
-        self.choose_button.setToolTip("Copy the shown protocol to '<image> chosen', the label map you name, edit and export")
-        self.choose_button.clicked.connect(self.choose)
+        add_row(layout, self.prev_button, self.next_button, self.grid_check)
+        self.choose_button = push_button("Use this protocol", self.choose,
+                                         "Copy the shown protocol to '<image> chosen', the label map you name, edit and export")
         layout.addWidget(self.choose_button)
         return box
 
@@ -224,20 +212,13 @@ class ExplorerWidget(QWidget):
         self.absent_check.setToolTip("labels of the protocol that no pixel of the set has (hidden by default)")
         self.absent_check.toggled.connect(lambda _: self.refresh_table())
         layout.addWidget(self.absent_check)
-        row = QHBoxLayout()
-        self.merge_button = QPushButton("Merge selected")
-        self.merge_button.clicked.connect(self.merge_selected)
-        self.background_button = QPushButton("To background")
-        self.background_button.clicked.connect(self.selected_to_background)
-        self.undo_button = QPushButton("Undo")
-        self.undo_button.clicked.connect(self.undo)
-        for w in (self.merge_button, self.background_button, self.undo_button):
-            row.addWidget(w)
-        layout.addLayout(row)
-        self.refine_button = QPushButton("Refine label...")
-        self.refine_button.setToolTip("Correct the first selected label on the image under the slider with clicks "
-                                      "(opens the Click refinement panel)")
-        self.refine_button.clicked.connect(self.refine_selected)
+        self.merge_button = push_button("Merge selected", self.merge_selected)
+        self.background_button = push_button("To background", self.selected_to_background)
+        self.undo_button = push_button("Undo", self.undo)
+        add_row(layout, self.merge_button, self.background_button, self.undo_button)
+        self.refine_button = push_button("Refine label...", self.refine_selected,
+                                         "Correct the first selected label on the image under the slider with clicks "
+                                         "(opens the Click refinement panel)")
         layout.addWidget(self.refine_button)
         return box
 
@@ -248,15 +229,13 @@ class ExplorerWidget(QWidget):
         self.format_checks["tiff"].setChecked(True)
         for check in self.format_checks.values():
             layout.addWidget(check)
-        self.export_button = QPushButton("Export...")
-        self.export_button.setToolTip("Label map + <name>.labels.json (names, colours) + <name>.areas.csv")
-        self.export_button.clicked.connect(self._export_dialog)
+        self.export_button = push_button("Export...", self._export_dialog,
+                                         "Label map + <name>.labels.json (names, colours) + <name>.areas.csv")
         layout.addWidget(self.export_button)
-        self.save_protocol_button = QPushButton("Save protocol...")
-        self.save_protocol_button.setToolTip("The chosen protocol as a file (M, K, protocol, seed, weights' hash, names, "
-                                             "colours, merges) to label more images the same way: "
-                                             "the Study panel or napari-pancakes apply")
-        self.save_protocol_button.clicked.connect(lambda: self.save_protocol())
+        self.save_protocol_button = push_button("Save protocol...", self.save_protocol,
+                                                "The chosen protocol as a file (M, K, protocol, seed, weights' hash, "
+                                                "names, colours, merges) to label more images the same way: "
+                                                "the Study panel or napari-pancakes apply")
         layout.addWidget(self.save_protocol_button)
         return box
 

@@ -17,12 +17,10 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QMessageBox,
     QProgressBar,
-    QPushButton,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -30,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..protocol import iter_apply
-from ._qt import Failure, refill_combo
+from ._qt import Failure, add_row, push_button, refill_combo
 from .study import StudyController, image_layers, protocol_layers
 
 
@@ -103,29 +101,19 @@ class StudyWidget(QWidget):
         self.source_combo = QComboBox()
         self.source_combo.setToolTip("A protocol, '... chosen' or applied label layer")
         form.addRow("labels", self.source_combo)
-        row = QHBoxLayout()
-        self.save_button = QPushButton("Save protocol...")
-        self.save_button.setToolTip("Write M, K, the protocol, the seed, the weights' hash, names, colours and merges as JSON")
-        self.save_button.clicked.connect(lambda: self.save_protocol())
-        self.load_button = QPushButton("Load protocol...")
-        self.load_button.clicked.connect(lambda: self.load_protocol())
-        row.addWidget(self.save_button)
-        row.addWidget(self.load_button)
-        form.addRow(row)
+        self.save_button = push_button("Save protocol...", self.save_protocol,
+                                       "Write M, K, the protocol, the seed, the weights' hash, names, colours and merges as JSON")
+        self.load_button = push_button("Load protocol...", self.load_protocol)
+        add_row(form, self.save_button, self.load_button)
         self.protocol_label = QLabel("protocol: the selected labels layer's")
         form.addRow(self.protocol_label)
         self.target_combo = QComboBox()
         self.target_combo.setToolTip("The image layer to label with the protocol (a 2D image, a stack, a volume, lazy data)")
         form.addRow("apply to", self.target_combo)
-        row = QHBoxLayout()
-        self.apply_button = QPushButton("Apply to layer")
-        self.apply_button.clicked.connect(lambda: self.apply())
-        self.cancel_button = QPushButton("Cancel")
+        self.apply_button = push_button("Apply to layer", self.apply)
+        self.cancel_button = push_button("Cancel", self.cancel_apply)
         self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(lambda: self.cancel_apply())
-        row.addWidget(self.apply_button)
-        row.addWidget(self.cancel_button)
-        form.addRow(row)
+        add_row(form, self.apply_button, self.cancel_button)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m images")
         form.addRow(self.progress)
@@ -136,14 +124,9 @@ class StudyWidget(QWidget):
         layout = QVBoxLayout(box)
         box.setToolTip("Paint or refine the selected label on one image, then propagate: the label's direction "
                        "is learnt from that image and every image is re-labelled.")
-        row = QHBoxLayout()
-        self.propagate_button = QPushButton("Propagate to all images")
-        self.propagate_button.clicked.connect(lambda: self.propagate())
-        self.undo_button = QPushButton("Undo propagation")
-        self.undo_button.clicked.connect(lambda: self.undo())
-        row.addWidget(self.propagate_button)
-        row.addWidget(self.undo_button)
-        layout.addLayout(row)
+        self.propagate_button = push_button("Propagate to all images", self.propagate)
+        self.undo_button = push_button("Undo propagation", self.undo)
+        add_row(layout, self.propagate_button, self.undo_button)
         return box
 
     def _build_analysis_panel(self) -> QGroupBox:
@@ -153,21 +136,16 @@ class StudyWidget(QWidget):
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image set whose explorer protocols are measured (one row per image in the table)")
         form.addRow("image set", self.image_combo)
-        row = QHBoxLayout()
-        self.table_button = QPushButton("Outcome table...")
-        self.table_button.clicked.connect(lambda: self.open_table())
+        self.table_button = push_button("Outcome table...", self.open_table)
         self.table_name = QLabel("none")
-        row.addWidget(self.table_button)
-        row.addWidget(self.table_name, 1)
-        form.addRow(row)
+        add_row(form, self.table_button, self.table_name, stretch={1: 1})
         self.outcome_combo = QComboBox()
         form.addRow("outcome", self.outcome_combo)
         self.measure_combo = QComboBox()
         self.measure_combo.addItems(["area", "intensity"])
         form.addRow("measure", self.measure_combo)
         layout.addLayout(form)
-        self.analyze_button = QPushButton("Rank labels")
-        self.analyze_button.clicked.connect(lambda: self.analyze())
+        self.analyze_button = push_button("Rank labels", self.analyze)
         layout.addWidget(self.analyze_button)
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
@@ -189,14 +167,9 @@ class StudyWidget(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(230)
         layout.addWidget(self.canvas)
-        row = QHBoxLayout()
-        self.export_table_button = QPushButton("Export table...")
-        self.export_table_button.clicked.connect(lambda: self.export_table())
-        self.export_plot_button = QPushButton("Export plot...")
-        self.export_plot_button.clicked.connect(lambda: self.export_plot())
-        row.addWidget(self.export_table_button)
-        row.addWidget(self.export_plot_button)
-        layout.addLayout(row)
+        self.export_table_button = push_button("Export table...", self.export_table)
+        self.export_plot_button = push_button("Export plot...", self.export_plot)
+        add_row(layout, self.export_table_button, self.export_plot_button)
         return box
 
     # ----------------------------------------------------------------- layer choices
@@ -393,29 +366,24 @@ class StudyWidget(QWidget):
         self.canvas.draw_idle()
 
     def export_table(self, path: str | None = None) -> bool:
-        try:
-            if self.controller.ranking is None:
-                raise ValueError("rank the labels first")
-            path = path or self.ask_path("Export table", "CSV (*.csv)", True)
-            if not path:
-                return False
-            overwrite = Path(path).exists() and self.confirm(f"{path} exists. Replace it?")
-            self.controller.ranking.to_csv(path, overwrite=overwrite)
-        except Exception as exc:
-            return self._say(str(exc), False)
-        return self._say(f"wrote {path}", True)
+        return self._export_ranking("Export table", "CSV (*.csv)", path,
+                                    lambda p, overwrite: self.controller.ranking.to_csv(p, overwrite=overwrite))
 
     def export_plot(self, path: str | None = None) -> bool:
         from ..analysis import save_plot
 
+        return self._export_ranking("Export plot", "PNG (*.png)", path,
+                                    lambda p, overwrite: save_plot(self.figure, p, overwrite=overwrite))
+
+    def _export_ranking(self, title: str, file_filter: str, path: str | None, write) -> bool:
+        """Ask for a path (unless given), confirm a replacement, ``write(path, overwrite)``."""
         try:
             if self.controller.ranking is None:
                 raise ValueError("rank the labels first")
-            path = path or self.ask_path("Export plot", "PNG (*.png)", True)
+            path = path or self.ask_path(title, file_filter, True)
             if not path:
                 return False
-            overwrite = Path(path).exists() and self.confirm(f"{path} exists. Replace it?")
-            save_plot(self.figure, path, overwrite=overwrite)
+            write(path, Path(path).exists() and self.confirm(f"{path} exists. Replace it?"))
         except Exception as exc:
             return self._say(str(exc), False)
         return self._say(f"wrote {path}", True)

@@ -10,6 +10,8 @@ from .model import Pancakes, PancakesConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "pancakes_default.safetensors"
+DEFAULT_REFINER_WEIGHTS = WEIGHTS_DIR / "refiner_default.safetensors"
+REFINER_FORMAT = "napari-pancakes-refiner/1"  # metadata "format" of click-model files (save_weights(fmt=...))
 
 
 def best_device(device: str | torch.device | None = None) -> torch.device:
@@ -81,6 +83,26 @@ def load_model(weights: str | Path | None = None, device: str | torch.device | N
         raise ValueError(f"weights file {path} does not match the Pancakes architecture: {exc}") from exc
     model.metadata = meta
     return model.to(best_device(device)).eval()
+
+
+def load_refiner_net(weights: str | Path | None = None):
+    """The click network (:class:`~napari_pancakes.refine.network.RefinerNet`, CPU) and its
+    metadata, from the bundled refiner file unless ``weights`` is given;
+    :func:`napari_pancakes.refine.load_refiner` wraps it in the image-space predictor."""
+    from .refine.network import RefinerConfig, RefinerNet  # not at import time: refine/ imports this module
+
+    path = Path(weights) if weights is not None else DEFAULT_REFINER_WEIGHTS
+    tensors, meta = read_weights(path)
+    if meta.get("format") != REFINER_FORMAT or "config" not in meta:
+        raise ValueError(f"weights file {path} is not a napari-pancakes refiner file")
+    cfg = json.loads(meta["config"])
+    cfg.setdefault("in_channels", 4)  # files written before the box channel existed
+    net = RefinerNet(RefinerConfig(**cfg))
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights file {path} does not match the refiner architecture: {exc}") from exc
+    return net, meta
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -5,7 +5,6 @@ between the user's pixels and that grid so callers never see it.
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,12 +12,11 @@ import numpy as np
 import torch
 
 from ..inference import interpolation_matrix
-from ..io_weights import WEIGHTS_DIR, best_device, read_weights
+from ..io_weights import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT, best_device, load_refiner_net
 from ..preprocess import normalize_intensity, resize_image, to_image_list
-from .network import MASK_LOGIT, RefinerConfig, RefinerNet, encode_input
+from .network import MASK_LOGIT, RefinerNet, encode_input
 
-DEFAULT_REFINER_WEIGHTS = WEIGHTS_DIR / "refiner_default.safetensors"
-REFINER_FORMAT = "napari-pancakes-refiner/1"  # metadata "format" of refiner files (io_weights.save_weights)
+__all__ = ["DEFAULT_REFINER_WEIGHTS", "REFINER_FORMAT", "Refiner", "load_refiner"]
 
 
 @lru_cache(maxsize=16)
@@ -162,15 +160,5 @@ def load_refiner(weights: str | Path | None = None, device: str | torch.device |
 
     ``cpu_threads``: torch threads used for a click on CPU (1 is fastest for this small net).
     """
-    path = Path(weights) if weights is not None else DEFAULT_REFINER_WEIGHTS
-    tensors, meta = read_weights(path)
-    if meta.get("format") != REFINER_FORMAT or "config" not in meta:
-        raise ValueError(f"weights file {path} is not a napari-pancakes refiner file")
-    cfg = json.loads(meta["config"])
-    cfg.setdefault("in_channels", 4)  # files written before the box channel existed
-    net = RefinerNet(RefinerConfig(**cfg))
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"weights file {path} does not match the refiner architecture: {exc}") from exc
+    net, meta = load_refiner_net(weights)
     return Refiner(net, device=device, metadata=meta, cpu_threads=cpu_threads)

@@ -84,7 +84,8 @@ def one_set(model, refiner, images, truth, labels, choice, args) -> dict:
             corrected = clicked_mask(refiner, images[0], ps.labels[0] == label, truth[0], args.clicks)
         if not corrected.any() or corrected.all():
             continue
-        ps.propagate(0, corrected, label, **({} if args.keep is None else {"keep": args.keep}))
+        ps.propagate(0, corrected, label, **({} if args.keep is None else {"keep": args.keep}),
+                     **({} if args.bias is None else {"bias": args.bias}))
         after = [dice(lab == label, t) for lab, t in zip(ps.labels, truth)]
         row[mode] = {"corrected_dice": round(dice(corrected, truth[0]), 4), "image1_before": round(before[0], 4),
                      "image1_after": round(after[0], 4), "before": round(float(np.mean(before[1:])), 4),
@@ -114,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bias", choices=("dice", "fit"), default=None,
+                        help="how the corrected label's bias is set (default: protocol.BIAS)")
     parser.add_argument("--keep", type=float, default=None, help="weight of the other images' anchor (default: protocol.KEEP)")
     parser.add_argument("--modes", default=",".join(MODES), help="paint,clicks")
     parser.add_argument("--out", default=None)
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from napari_pancakes import load_model, segment_set
-    from napari_pancakes.protocol import KEEP
+    from napari_pancakes.protocol import BIAS, KEEP
     from napari_pancakes.refine import load_refiner
     from napari_pancakes.training.datasets import LEAVE_OUT, data_root, load_real_datasets
 
@@ -131,6 +134,9 @@ def main(argv=None) -> int:
     names = args.datasets.split(",") if args.datasets else list(LEAVE_OUT)
     data = load_real_datasets(names, res=128, mni=False)
     model = load_model(device="cpu")
+
+    def weights_note() -> str:
+        return f"bundled (step {model.metadata.get('steps', '?')})"
     refiner = load_refiner(device="cpu")
     rng = np.random.default_rng(args.seed)
     rows = []
@@ -168,13 +174,13 @@ def main(argv=None) -> int:
             "what": "Dice of the chosen label on the other images of a set, before and after propagating one "
                     "corrected image (image 1)", "m": args.m, "k": args.k, "s": args.s, "clicks": args.clicks,
             "datasets": names, "seed": args.seed, "keep": args.keep if args.keep is not None else KEEP,
-            "seconds": round(seconds, 1), "torch": torch.__version__,
+            "bias": args.bias or BIAS, "weights": weights_note(), "seconds": round(seconds, 1), "torch": torch.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "summary": summary, "sets": rows}, indent=1))
         out.with_suffix(".md").write_text(
             f"# Propagating one correction (`benchmarks/bench_propagate.py`)\n\nM = {args.m}, K = {args.k}, S = {args.s}, "
-            f"keep = {args.keep if args.keep is not None else KEEP}, datasets {', '.join(names)}, "
-            f"{args.clicks} clicks, bundled weights; Dice on images 2..S (the corrected image "
+            f"keep = {args.keep if args.keep is not None else KEEP}, bias = {args.bias or BIAS}, datasets {', '.join(names)}, "
+            f"{args.clicks} clicks, weights {weights_note()}; Dice on images 2..S (the corrected image "
             f"excluded).\n\n{table}\n")
     return 0
 

@@ -36,9 +36,11 @@ FORMAT = "napari-pancakes-protocol/1"
 NAMES_FILE = "labels.json"  # written beside applied label files
 BATCH = PHI_BATCH
 CONNECT_TIMEOUT = 10.0  # seconds to reach a dask scheduler before giving up
-# Weight of "the other images keep the label where it was sure" in a propagation; chosen on four
-# training datasets (benchmarks/results/propagate_tune/), never on the held-out ones.
+# Weight of "the other images keep the label where it was sure" in a propagation, and how the
+# corrected label's bias is set (fit_label): chosen on four training datasets with the shipped
+# weights (benchmarks/results/propagate_tune/step3489/), never on the held-out ones.
 KEEP = 2.0
+BIAS = "fit"
 
 
 # --------------------------------------------------------------------- weights identity
@@ -575,7 +577,8 @@ def full_features(feats: torch.Tensor, shape) -> torch.Tensor:
 
 def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.Tensor, j: int, *,
               ring: int | None = None, far: float = 1.0, steps: int = 300, lr: float = 0.5,
-              max_pixels: int = 4000, seed: int = 0, context: torch.Tensor | None = None, keep: float = 0.0):
+              max_pixels: int = 4000, seed: int = 0, context: torch.Tensor | None = None, keep: float = 0.0,
+              bias: str = "dice"):
     """New direction and bias of model label ``j`` from one corrected mask; the other labels stay.
 
     Arguments:
@@ -593,8 +596,9 @@ def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.T
     Fitting: starting from the label's current direction and bias, softmax cross-entropy against
     the fixed other labels: pixels inside the mask should go to ``j``; pixels in the band just
     outside it, and those the protocol gave to ``j`` outside it, should not; a sample of the
-    rest (weight ``far``) should not either. Then the bias is set to the value that maximises
-    Dice with the mask on this image (a 1-D search). Returns ``(w_j (D,), b_j float)``.
+    rest (weight ``far``) should not either. With ``bias="dice"`` the bias is then set to the
+    value that maximises Dice with the mask on this image (a 1-D search); with ``"fit"`` the
+    fitted bias stays (the ``keep`` term then also anchors it). Returns ``(w_j (D,), b_j float)``.
     """
     from scipy import ndimage as ndi
 
@@ -642,6 +646,10 @@ def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.T
             loss.backward()
             opt.step()
     wj = wj.detach()
+    if bias == "fit":
+        return wj, float(bj.detach())
+    if bias != "dice":
+        raise ValueError(f"bias must be 'dice' or 'fit', got {bias!r}")
     # the bias maximising Dice with the mask on this image: label j wins where b_j > margin
     margin = (competitors.max(1).values - flat @ wj).numpy()
     truth = mask.ravel()
@@ -719,6 +727,7 @@ class ProtocolSet:
         w, b = self.protocol.codebook(self.model)
         feats = full_features(self._features(image), self.items[image].shape)
         fit_options.setdefault("keep", KEEP)
+        fit_options.setdefault("bias", BIAS)
         if fit_options["keep"]:
             rng = np.random.default_rng(0)
             others = [i for i in range(len(self.items)) if i != image]

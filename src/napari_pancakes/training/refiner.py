@@ -450,6 +450,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pancakes-per-source", type=int, default=48)
     ap.add_argument("--eval-every", type=float, default=10.0, help="minutes between validation + checkpoint")
+    ap.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="WEIGHTS",
+                    help="only score these refiner files on the run's validation pairs (training sources; "
+                         "the Pancakes starts come from the bundled Pancakes weights) and write OUT/evaluate.json")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -490,6 +493,12 @@ def main(argv=None):
     compute_pancakes_labels(sources, args.pancakes_per_source, log=log)
     val = validation_pairs(sources)
     log(f"{len(val)} validation pairs from training sources")
+    if args.evaluate:  # the same pairs for every file: a fair choice when the Pancakes starts changed
+        scores = {str(w): evaluate(load_refiner(w, device="cpu").net, config, val) for w in args.evaluate}
+        for w, ev in scores.items():
+            log(f"evaluate {w}: {ev}")
+        (out / "evaluate.json").write_text(json.dumps(scores, indent=1))
+        return
 
     t_start = time.time() - state["elapsed"]
     last_eval = time.time()

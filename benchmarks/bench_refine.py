@@ -54,6 +54,13 @@ def best_pancakes_labels(images, truths, m: int = 8, k: int = 20):
     return [p[bm] == bk for p in preds], (int(bm), int(bk)), float(scores[bm, bk])
 
 
+def _pancakes_steps() -> str:
+    """Training steps of the bundled Pancakes weights (which give the (b) starts)."""
+    from napari_pancakes import load_model
+
+    return str(load_model(device="cpu").metadata.get("steps", "?"))
+
+
 def summarise(curves: np.ndarray, times, n: int) -> dict:
     from napari_pancakes.training.simulate import clicks_to_reach
 
@@ -83,6 +90,7 @@ def run(args) -> dict:
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
            "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay,
+           "pancakes_weights_steps": _pancakes_steps(),
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "sets": {}}
     reuse = json.loads(args.reuse.read_text()) if args.reuse else {"sets": {}}
     for name, (images, truths, idx) in data.items():
@@ -91,8 +99,10 @@ def run(args) -> dict:
                  "best_pair_set_dice": round(set_dice, 4)}
         old = reuse["sets"].get(name, {})
         for method in args.methods:
-            if method in old and old["image_indices"] == entry["image_indices"] and reuse["clicks"] == args.clicks:
-                entry[method] = old[method]  # weights-independent (classical) curves from --reuse
+            same_starts = all(old.get(key) == entry[key] for key in ("image_indices", "best_pair", "best_pair_set_dice"))
+            if method in old and same_starts and reuse["clicks"] == args.clicks:
+                # refiner-independent (classical) curves from --reuse, when the Pancakes starts are the same too
+                entry[method] = old[method]
                 print(name, method, "reused from", args.reuse, flush=True)
                 continue
             entry[method] = {}
@@ -129,7 +139,7 @@ def to_markdown(res: dict) -> str:
              f"target = label 1; up to {res['max_images']} evenly spaced images per dataset. Dice in %, mean over images "
              f"(the mean row: mean over datasets). NoC@X: clicks to reach Dice X% (capped at {n}). (c): Dice at 0 is "
              f"after the box alone. Refiner weights: {res['weights']} ({meta.get('iterations', '?')} iterations, "
-             f"{meta.get('train_minutes', '?')} min). CPU: {res['cpu_count']} cores, 1 torch thread, load average "
+             f"{meta.get('train_minutes', '?')} min). Pancakes weights for (b): step {res.get('pancakes_weights_steps', '?')}. CPU: {res['cpu_count']} cores, 1 torch thread, load average "
              f"{res['load_average_1min_end']} at the end.", ""]
     cols = " | ".join(str(i) for i in range(n + 1))
     for mode in MODES:

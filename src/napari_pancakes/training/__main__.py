@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--padding", default=d.padding, choices=["zeros", "reflect"], help="conv padding of a new model")
     t.add_argument("--low-res-steps", type=int, default=d.low_res_steps,
                    help="train the first N steps at half resolution (progressive resolution)")
+    t.add_argument("--low-res-share", type=float, default=d.low_res_share,
+                   help="after the first N, this share of steps at half resolution too")
     t.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
     t.add_argument("--s-range", type=_pair, default=d.s_range, help="set size range, e.g. 2,5")
     t.add_argument("--m-range", type=_pair, default=d.m_range)

@@ -6,10 +6,13 @@
 # synthetic sets (0.1 and 0.35; before 0.2 and 0.5) to give annotated anatomy more steps.
 # From step ~4,400 (session 2): lr 6e-5, since validation rose only 0.5000 -> 0.5036 in the
 # last 500 steps at 1.5e-4 (campaign/pancakes/metrics.csv).
+# From step 5,626: half of the steps at 64 px (--low-res-share 0.5): in a 20-minute equal-budget
+# ablation from that step it reached 0.5241 against 0.5177 for 128 px only
+# (benchmarks/results/ablations/low-res-share-{A,B}.*); the B run is the campaign's continuation.
 # --minutes is the budget of this session's part of the run; the step count carries on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${1:-120}"; shift || true
 OMP_NUM_THREADS=1 python -m napari_pancakes.training train --out campaign/pancakes --resume --minutes "$MINUTES" \
   --threads 1 --cache-dir runs/cache --val-sets 8 --val-every-min 10 --ckpt-every-min 10 --lr 6e-5 \
-  --m-range 4,12 --k-range 4,32 --log-every 20 --low-res-steps 600 --pseudo-ratio 0.1 --synthetic-ratio 0.35 "$@"
+  --m-range 4,12 --k-range 4,32 --log-every 20 --low-res-steps 600 --pseudo-ratio 0.1 --synthetic-ratio 0.35 --low-res-share 0.5 "$@"

@@ -89,9 +89,6 @@ def test_positive_click_grows_mask_into_missed_region(refiner):
     assert dice(after, truth) > dice(before, truth) + 0.2
 
 
-@pytest.mark.xfail(strict=True, reason="shipped weights (campaign iteration 3080) remove less than 70% of a "
-                   "full-height false stripe at the image border with one negative click (the previous weights "
-                   "did): a known regression, see REFINER_CARD.md")
 def test_negative_click_removes_false_alarm(refiner):
     img, truth = disk_image()
     grown = truth.copy()

@@ -67,21 +67,12 @@ def _steps_per_s(loss_fn, model, batches) -> float:
 
 def campaign_rates(steps: int) -> dict:
     """Steps/s and sets/s of the campaign's training step under each throughput lever."""
-    from napari_pancakes.training.train import TrainConfig
+    from napari_pancakes.training.train import TrainConfig, draw_batch, half_resolution
 
-    cfg = TrainConfig()
+    cfg = TrainConfig(m_range=(4, 12), k_range=(4, 32))  # the campaign's ranges (resume_pancakes.sh)
     sampler = SetSampler({}, synthetic_ratio=1.0)
     rng = np.random.default_rng(0)
-    batches = []
-    for _ in range(steps + 2):
-        images, targets, mks = [], [], []
-        for _ in range(cfg.batch_sets):
-            s, m, k = int(rng.integers(2, 6)), int(rng.integers(4, 13)), int(rng.integers(4, 33))
-            img, tgt, _ = sampler.sample_partition(rng, s, max_labels=k)
-            images.append(img)
-            targets.append(torch.from_numpy(tgt))
-            mks.append((m, k))
-        batches.append((torch.from_numpy(np.concatenate(images))[:, None], targets, mks))
+    batches = [draw_batch(sampler, rng, cfg) for _ in range(steps + 2)]
 
     def variant(threads: int, res: int, channels_last: bool = False, compile_: bool = False) -> dict:
         torch.set_num_threads(threads)
@@ -95,9 +86,8 @@ def campaign_rates(steps: int) -> dict:
             model.h.image_branch = torch.compile(model.h.image_branch, dynamic=True)
         run = []
         for x, targets, mks in batches:
-            if res != 128:
-                x = torch.nn.functional.avg_pool2d(x, 128 // res)
-                targets = [t[:, :: 128 // res, :: 128 // res].contiguous() for t in targets]
+            if res == 64:
+                x, targets = half_resolution(x, targets)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             run.append((x, targets, mks))

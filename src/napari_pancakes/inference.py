@@ -320,11 +320,11 @@ def _label_bands(head, feats, weights, bias, shape, out: np.ndarray):
         out[:] = low.numpy()
         yield
         return
+    rx = interpolation_matrix(w, r)
     y_index, y_weight = _taps(interpolation_matrix(h, r))
-    x_index, x_weight = _taps(interpolation_matrix(w, r))
+    x_index, _ = _taps(rx)
     lo_min, lo_max = _window_min_max(low, low, x_index, axis=2)  # over source columns: (M, r, W)
-    rx = torch.from_numpy(interpolation_matrix(w, r))
-    cols = (feats.reshape(d * r, r) @ rx.T).reshape(d, r, w)  # resampled along x: (D, r, W)
+    cols = (feats.reshape(d * r, r) @ torch.from_numpy(rx).T).reshape(d, r, w)  # resampled along x: (D, r, W)
     cols = cols.permute(1, 2, 0).reshape(r * w, d).contiguous()  # one row of D features per (source row, x)
     band = max(1, BAND_ELEMENTS // max(1, m * k * w))
     for y0 in range(0, h, band):

@@ -602,6 +602,8 @@ def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.T
     """
     from scipy import ndimage as ndi
 
+    if bias not in ("dice", "fit"):
+        raise ValueError(f"bias must be 'dice' or 'fit', got {bias!r}")
     mask = np.asarray(mask, bool)
     d, h, wd = feats.shape
     if mask.shape != (h, wd):
@@ -648,8 +650,6 @@ def fit_label(feats: torch.Tensor, mask: np.ndarray, w: torch.Tensor, b: torch.T
     wj = wj.detach()
     if bias == "fit":
         return wj, float(bj.detach())
-    if bias != "dice":
-        raise ValueError(f"bias must be 'dice' or 'fit', got {bias!r}")
     # the bias maximising Dice with the mask on this image: label j wins where b_j > margin
     margin = (competitors.max(1).values - flat @ wj).numpy()
     truth = mask.ravel()

@@ -14,7 +14,6 @@ background and "send to background" has somewhere to send to.
 from __future__ import annotations
 
 import contextlib
-
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path

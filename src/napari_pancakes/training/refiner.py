@@ -493,8 +493,12 @@ def main(argv=None):
     compute_pancakes_labels(sources, args.pancakes_per_source, log=log)
     val = validation_pairs(sources)
     log(f"{len(val)} validation pairs from training sources")
+
+    def score_file(path) -> dict:
+        return evaluate(with_box_channel(load_refiner(path, device="cpu").net), config, val)
+
     if args.evaluate:  # the same pairs for every file: a fair choice when the Pancakes starts changed
-        scores = {str(w): evaluate(with_box_channel(load_refiner(w, device="cpu").net), config, val) for w in args.evaluate}
+        scores = {str(w): score_file(w) for w in args.evaluate}
         for w, ev in scores.items():
             log(f"evaluate {w}: {ev}")
         (out / "evaluate.json").write_text(json.dumps(scores, indent=1))
@@ -502,7 +506,7 @@ def main(argv=None):
     if (out / "best.safetensors").is_file() and state["it"] > 0:
         # the validation pairs depend on the bundled Pancakes weights (the starts from a label):
         # score the best file again on today's pairs, so that a new checkpoint is compared fairly
-        again = evaluate(with_box_channel(load_refiner(out / "best.safetensors", device="cpu").net), config, val)
+        again = score_file(out / "best.safetensors")
         log(f"best.safetensors on these validation pairs: {again['score']} (recorded: {state['best_score']})")
         state["best_score"] = again["score"]
 

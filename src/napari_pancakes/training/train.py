@@ -201,6 +201,28 @@ def export_weights(model: Pancakes, path: Path, step: int, cfg: TrainConfig, sco
     return save_weights(model, path, extra=extra)
 
 
+def draw_batch(sampler: SetSampler, rng: np.random.Generator, cfg: TrainConfig, device="cpu"):
+    """One training step's ``cfg.batch_sets`` sets: images (N, 1, R, R), a target per set and
+    its (M, K), each set with its own S, M and K from the config's ranges."""
+    images, targets, mks = [], [], []
+    for _ in range(cfg.batch_sets):
+        s = int(rng.integers(cfg.s_range[0], cfg.s_range[1] + 1))
+        m, k = int(rng.integers(cfg.m_range[0], cfg.m_range[1] + 1)), int(rng.integers(cfg.k_range[0], cfg.k_range[1] + 1))
+        if cfg.dense:
+            img, tgt, _ = sampler.sample_partition(rng, s, max_labels=k)
+        else:
+            img, tgt, _ = sampler.sample(rng, s)
+        images.append(img)
+        targets.append(torch.from_numpy(tgt).to(device))
+        mks.append((m, k))
+    return torch.from_numpy(np.concatenate(images))[:, None].to(device), targets, mks
+
+
+def half_resolution(x: torch.Tensor, targets: list[torch.Tensor]):
+    """Progressive resolution: the 2x2 mean of the images, every other pixel of the targets."""
+    return torch.nn.functional.avg_pool2d(x, 2), [t[:, ::2, ::2].contiguous() for t in targets]
+
+
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
 
@@ -336,23 +358,11 @@ def train(cfg: TrainConfig) -> dict:
         if do_save:
             checkpoint(last_ckpt)
             last_save = time.time()
-        images, targets, mks = [], [], []
-        for _ in range(cfg.batch_sets):
-            s = int(rng.integers(cfg.s_range[0], cfg.s_range[1] + 1))
-            m, k = int(rng.integers(cfg.m_range[0], cfg.m_range[1] + 1)), int(rng.integers(cfg.k_range[0], cfg.k_range[1] + 1))
-            if cfg.dense:
-                img, tgt, _ = sampler.sample_partition(rng, s, max_labels=k)
-            else:
-                img, tgt, _ = sampler.sample(rng, s)
-            images.append(img)
-            targets.append(torch.from_numpy(tgt).to(device))
-            mks.append((m, k))
-        x = torch.from_numpy(np.concatenate(images))[:, None].to(device)
+        x, targets, mks = draw_batch(sampler, rng, cfg, device)
         half = step < cfg.low_res_steps or (  # a per-step draw that leaves the data stream's RNG untouched
             cfg.low_res_share > 0 and np.random.default_rng([cfg.seed, step]).random() < cfg.low_res_share)
-        if half:  # progressive resolution: 2x2 mean of images, every other pixel of targets
-            x = torch.nn.functional.avg_pool2d(x, 2)
-            targets = [t[:, ::2, ::2].contiguous() for t in targets]
+        if half:
+            x, targets = half_resolution(x, targets)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         with autocast:

@@ -1,10 +1,11 @@
 """Choose the refinement predictor's settings on validation images of TRAINING sources.
 
-Never on LEAVE_OUT: the images are the validation split of the refiner campaign (every 10th
-image of each training dataset, target = label 1), 256 x 256, the best Pancakes label of each
+Never on LEAVE_OUT: the images are the validation split of the campaigns (every 10th subject
+of each training dataset, ``split_validation``; target = label 1), 256 x 256, the best Pancakes label of each
 image as start (b). For each variant (``method[:lambda]``: ``hybrid:0.5`` sets the weight of
 the network prior in the hybrid, ``classical:0.005`` the weight of a starting mask in the
-classical walker; ``hybrid:0.5:0.5`` also the prior's decay per click), the simulated user gives Dice after 0..10 clicks for (a) nothing, (b) the
+classical walker; ``hybrid:0.5:0.5`` also the prior's decay per click; a ``+local`` suffix makes single
+positive clicks local too, ``session.LOCAL_POSITIVE``), the simulated user gives Dice after 0..10 clicks for (a) nothing, (b) the
 Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_refine.py --data ../shared/data \\
@@ -26,14 +27,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def validation_items(root, per: int, cache: Path):
     from napari_pancakes import load_model, segment_set
     from napari_pancakes.training.datasets import LEAVE_OUT, folder_names, load_real_datasets
-    from napari_pancakes.training.refiner import VAL_EVERY, pancakes_start
+    from napari_pancakes.training.refiner import pancakes_start
 
     names = [n for n in folder_names(root) if n not in LEAVE_OUT]
     real = load_real_datasets(names, root=root, res=256, cache_dir=cache, mni=False)
     model = load_model(device="cpu")
     items = []
     for name, ds in real.items():
-        val = [i for i in range(len(ds)) if i % VAL_EVERY == VAL_EVERY - 1 and (ds.labels[i] == 1).sum() >= 16][:per]
+        val = [int(i) for i in np.flatnonzero(ds.validation_mask()) if (ds.labels[i] == 1).sum() >= 16][:per]
         if not val:
             continue
         imgs = ds.images[val].astype(np.float32)
@@ -73,9 +74,11 @@ def main(argv=None):
            "items": [(n, i) for n, i, *_ in items], "clicks": args.clicks, "variants": {}}
     defaults = (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA)
     for v in args.variants:
+        session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA = defaults
+        v_name, v = v, v.removesuffix("+local")
+        session_module.LOCAL_POSITIVE = v != v_name
         method, _, lam = v.partition(":")
         lam, _, decay = lam.partition(":")
-        session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA = defaults
         if lam and method == "hybrid":
             session_module.HYBRID_LAMBDA = float(lam)
             session_module.HYBRID_DECAY = float(decay) if decay else 1.0
@@ -93,8 +96,8 @@ def main(argv=None):
                 curves.append(d)
             res[mode] = [round(float(x), 4) for x in np.mean(curves, 0)]
         res["mean_all"] = round(float(np.mean([np.mean(res[m][1:]) for m in ("a_nothing", "b_pancakes", "c_box")])), 4)
-        out["variants"][v] = res
-        print(v, f"{time.time() - t0:.0f} s", json.dumps(res), flush=True)
+        out["variants"][v_name] = res
+        print(v_name, f"{time.time() - t0:.0f} s", json.dumps(res), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"refine-tune-{args.tag}.json").write_text(json.dumps(out, indent=1))
     return 0

@@ -8,7 +8,7 @@ import torch
 
 from napari_pancakes.io_weights import load_checkpoint
 from napari_pancakes.training.augment import augment_set
-from napari_pancakes.training.datasets import derive_target, load_real_datasets
+from napari_pancakes.training.datasets import RealDataset, derive_target, load_real_datasets, split_validation, subjects_from_notes
 from napari_pancakes.training.loss import best_pair_loss, pair_losses, set_loss
 from napari_pancakes.training.synthetic import synthetic_set
 from napari_pancakes.training.train import TrainConfig, train
@@ -142,6 +142,26 @@ def test_real_datasets_load_when_present(tmp_path):
     target = derive_target(rng, ds.labels[ds.set_indices(rng, 3)].astype(np.int64))
     assert target is not None and target.shape == (3, 128, 128)
     assert (target.reshape(3, -1).sum(1) >= 16).all()
+
+
+def test_validation_split_keeps_subjects_whole():
+    subject = np.repeat(np.arange(25), 4)  # 25 patients, 4 correlated slices each
+    ds = RealDataset("d", np.zeros((100, 8, 8), np.float32), np.zeros((100, 8, 8), np.uint8), subject=subject)
+    train, val = split_validation({"d": ds})
+    assert set(train["d"].subject).isdisjoint(val["d"].subject)
+    assert sorted(set(val["d"].subject)) == [0, 10, 20]  # every 10th subject
+    assert len(train["d"]) + len(val["d"]) == 100
+    plain = RealDataset("p", np.zeros((30, 8, 8), np.float32), np.zeros((30, 8, 8), np.uint8))
+    assert np.flatnonzero(plain.validation_mask()).tolist() == [0, 10, 20]  # no subjects: every 10th image
+
+
+def test_subjects_come_from_the_source_notes(tmp_path):
+    rows = ["| NNN | original |", "|---|---|"] + [f"| {i:03d} | pat{i // 3:04d}_1/flair.nii.gz, z={i} |" for i in range(6)]
+    (tmp_path / "SOURCE.md").write_text("# notes\n\n" + "\n".join(rows) + "\n")
+    assert subjects_from_notes(tmp_path, "brats2013_flair", 6).tolist() == [0, 0, 0, 1, 1, 1]
+    assert subjects_from_notes(tmp_path, "brats2013_flair", 7) is None  # index and images disagree: no guess
+    assert subjects_from_notes(tmp_path, "duke_oct_dme_fluid", 23).tolist() == [0] * 11 + [1] * 11 + [2]
+    assert subjects_from_notes(tmp_path, "drive_vessels", 6) is None  # independent images
 
 
 def test_missing_data_root_gives_no_real_datasets(tmp_path):

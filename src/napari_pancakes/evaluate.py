@@ -11,7 +11,7 @@ drawn with a fixed seed:
 
 * **leave-out** datasets (``--holdout``, default the campaign's ``LEAVE_OUT``): all images,
   never trained on; this is the generalisation check;
-* **training** datasets: only their validation split (every 10th image), never trained on,
+* **training** datasets: only their validation split (every 10th subject, whole patients), never trained on,
   reported apart.
 
 Each method gives (M, S, H, W) label maps (M=8, K=20 by default), scored by Set Dice, Set
@@ -25,6 +25,7 @@ change) are computed once. Output: ``results.json`` and ``results.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def evaluation_sets(real: dict, n_sets: int, sizes=SIZES, seed: int = 2024, hold
     """
     from .training.datasets import MIN_TARGET_PX
     from .training.synthetic import synthetic_set
-    from .training.train import split_validation
+    from .training.datasets import split_validation
 
     rng = np.random.default_rng(seed)
     items = []
@@ -266,10 +267,16 @@ def evaluate(weights: Path | str | None = None, out_dir: Path | str = "runs/eval
     real = load_real_datasets(root=data_root, cache_dir=Path(cache_dir) if cache_dir else None, mni=mni)
     items = evaluation_sets(real, n_sets, sizes, holdout=holdout)
     fns = method_functions(weights, m, k)
+    digest = hashlib.sha1()  # cached baseline scores are reused only for these very sets
+    for it in items:
+        digest.update(f"{it['source']}/{it['label']}/{it['s']}".encode())
+        digest.update(np.packbits(it["truth"]).tobytes())
+    items_digest = digest.hexdigest()
     scores, seconds = {}, {}
     for method in methods:
         path = out_dir / f"scores-{method}.json"
-        key = {"n_items": len(items), "m": m, "k": k, "weights": str(weights) if method in ("pancakes", "random_init") else None}
+        key = {"n_items": len(items), "items": items_digest, "m": m, "k": k,
+               "weights": str(weights) if method in ("pancakes", "random_init") else None}
         if path.is_file() and method in ("kmeans", "slic"):
             cached = json.loads(path.read_text())
             if all(cached.get(a) == b for a, b in key.items()):

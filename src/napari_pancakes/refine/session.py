@@ -33,6 +33,7 @@ HYBRID_LAMBDA_MIN = 0.002  # ... but never below this
 HYBRID_BETA = 130.0
 CLASSICAL_PRIOR_LAMBDA = 0.0005  # weight of a starting mask in the classical walker (refine-tune-classical.json)
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
+LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,9 @@ class RefineSession:
         st = self.state
         clicks = st.clicks + tuple((y, x, True) for y, x in pos) + tuple((y, x, False) for y, x in neg)
         mask, logits = self._predict(clicks, st.box, st.scribbles)
-        if self.local_negative and len(pos) + len(neg) == 1 and neg:
-            mask = localise(st.mask, mask, *neg[0], LOCAL_RADIUS * max(self.shape))
+        single = (pos + neg)[0] if len(pos) + len(neg) == 1 else None
+        if self.local_negative and single is not None and (neg or (LOCAL_POSITIVE and st.mask.any())):
+            mask = localise(st.mask, mask, *single, LOCAL_RADIUS * max(self.shape))
             mask = honour_clicks(mask, clicks)
         self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))
         return mask

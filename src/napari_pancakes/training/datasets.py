@@ -31,6 +31,8 @@ LEAVE_OUT = ("ph2_skin", "lung_ct_kaggle2d", "monuseg_nuclei", "duke_oct_dme_flu
 CACHE_VERSION = 1
 MIN_TARGET_PX = 16  # a target must cover at least this many pixels in every member
 MNI_SLICE_WINDOW = 12  # members of an MNI set are slices at most this far apart
+VAL_EVERY = 10  # every 10th subject of a dataset is validation-only (split_validation)
+MNI_SUBJECT_SLICES = 20  # MNI "subjects" for the split: blocks of this many voxels along one axis
 
 
 @dataclass
@@ -41,6 +43,8 @@ class RealDataset:
     ``eval_group``: the coarsening whose labels are the evaluation targets (None: as is).
     ``stack``/``position``: for slices of one volume, members of a set come from one stack
     and lie within ``MNI_SLICE_WINDOW`` of each other (or are the closest available).
+    ``subject``: images with the same id are correlated (slices of one patient, quadrants of
+    one slide, two eyes of one child); None: every image is its own subject.
     """
 
     name: str
@@ -50,6 +54,7 @@ class RealDataset:
     eval_group: np.ndarray | None = None
     stack: np.ndarray | None = None
     position: np.ndarray | None = None
+    subject: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -68,6 +73,71 @@ class RealDataset:
     def eval_labels(self, idx) -> np.ndarray:
         lab = self.labels[idx]
         return lab if self.eval_group is None else self.eval_group[lab]
+
+    def subset(self, sel: np.ndarray) -> "RealDataset":
+        """The images selected by ``sel`` (index or mask), with their per-image arrays."""
+        per_image = lambda a: None if a is None else a[sel]
+        return RealDataset(self.name, self.images[sel], self.labels[sel], self.groups, self.eval_group,
+                           per_image(self.stack), per_image(self.position), per_image(self.subject))
+
+    def validation_mask(self, every: int = VAL_EVERY) -> np.ndarray:
+        """True for the validation images: every ``every``-th subject, in order of first appearance.
+
+        Whole subjects go to one side, so validation never scores a slice whose neighbour was
+        trained on (the source notes of brats2013_flair, chasedb1_vessels, monuseg_nuclei,
+        duke_oct_dme_fluid and aortoiliac_angio ask for this). Without subject ids this is
+        every ``every``-th image.
+        """
+        subject = np.arange(len(self)) if self.subject is None else self.subject
+        _, first, inverse = np.unique(subject, return_index=True, return_inverse=True)
+        rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")  # subject order of appearance
+        return rank[inverse.ravel()] % every == 0
+
+
+def split_validation(real: dict[str, RealDataset], every: int = VAL_EVERY):
+    """(training, validation) datasets by name: whole subjects, see ``RealDataset.validation_mask``."""
+    train, val = {}, {}
+    for name, ds in real.items():
+        is_val = ds.validation_mask(every)
+        train[name], val[name] = ds.subset(~is_val), ds.subset(is_val)
+    return train, val
+
+
+# Which images share a subject, from each dataset's SOURCE.md index ("| NNN | original file |"):
+# a regular expression whose first group names the subject, or a block size of consecutive
+# indices where the notes only say neighbours are correlated (or give k // 11 for Duke's
+# 11 B-scans per patient). Datasets not listed: one subject per image.
+SUBJECT_OF = {
+    "brats2013_flair": r"pat(\d+)",  # 6 patients, every 3rd axial slice
+    "chasedb1_vessels": r"Image_(\d+)[LR]",  # two eyes of one child
+    "monuseg_nuclei": r"(TCGA-[A-Za-z0-9-]+)\.",  # 4 quadrants of one slide
+    "duke_oct_dme_fluid": 11,  # 11 B-scans per patient
+    "aortoiliac_angio": 10,  # "consecutive numbers may come from the same patient/run"
+}
+
+
+def subjects_from_notes(folder: Path, name: str, n: int) -> np.ndarray | None:
+    """Subject id per image of ``folder`` (see ``SUBJECT_OF``); None when unknown or unreadable."""
+    import re
+
+    rule = SUBJECT_OF.get(name)
+    if rule is None:
+        return None
+    if isinstance(rule, int):
+        return np.arange(n) // rule
+    notes = folder / "SOURCE.md"
+    if not notes.is_file():
+        return None
+    found: dict[int, str] = {}
+    for line in notes.read_text(encoding="utf-8", errors="replace").splitlines():
+        row = re.match(r"^\|\s*(\d{3,})\s*\|(.*)", line)
+        hit = re.search(rule, row.group(2)) if row else None
+        if hit:
+            found[int(row.group(1))] = hit.group(1)
+    if len(found) != n or set(found) != set(range(n)):
+        return None  # the index does not match the images: do not guess
+    names = [found[i] for i in range(n)]
+    return np.unique(names, return_inverse=True)[1].ravel()
 
 
 def _read_folder(folder: Path, res: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,8 +256,8 @@ def load_real_datasets(names: list[str] | None = None, root: Path | None = None,
         if not (folder / "images").is_dir():
             continue
         arrays = _cached(cache_dir, f"{name}-{res}", lambda f=folder: dict(zip(("images", "labels"), _read_folder(f, res))))
-        out[name] = RealDataset(name, arrays["images"], arrays["labels"],
-                                groups=DATASET_GROUPS.get(name, []))
+        out[name] = RealDataset(name, arrays["images"], arrays["labels"], groups=DATASET_GROUPS.get(name, []),
+                                subject=subjects_from_notes(folder, name, len(arrays["images"])))
     if mni:
         try:
             arrays = _cached(cache_dir, f"mni152-{res}", lambda: _read_mni(res))
@@ -195,7 +265,8 @@ def load_real_datasets(names: list[str] | None = None, root: Path | None = None,
             return out
         groups = list(arrays["groups"])
         out["mni152"] = RealDataset("mni152", arrays["images"], arrays["labels"], groups=groups,
-                                    eval_group=groups[0], stack=arrays["stack"], position=arrays["position"])
+                                    eval_group=groups[0], stack=arrays["stack"], position=arrays["position"],
+                                    subject=arrays["stack"] * 1000 + arrays["position"] // MNI_SUBJECT_SLICES)
     return out
 
 

@@ -2,8 +2,8 @@
 
 Data: every dataset of the data root except ``LEAVE_OUT`` (read with the one reader,
 :func:`~napari_pancakes.training.datasets.load_real_datasets`, at 256 px), nilearn's MNI152
-slices, and synthetic shapes. Every 10th image of each source is kept for validation (the
-checkpoint is chosen on it, never on LEAVE_OUT).
+slices, and synthetic shapes. Every 10th subject of each source (whole patients, the split of
+the Pancakes campaign) is kept for validation (the checkpoint is chosen on it, never on LEAVE_OUT).
 
 Each example starts from nothing, from a corrupted ground truth (eroded, dilated, shifted,
 partial, merged with a blob) or from a Pancakes label (the shipped Pancakes model run on sets
@@ -40,7 +40,6 @@ from .simulate import dice, next_click
 from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets
 
 STORE = 256  # real data are read at this size and cropped/zoomed to the working resolution
-VAL_EVERY = 10  # image i of a source is validation when i % VAL_EVERY == VAL_EVERY - 1
 PANCAKES_MK = (8, 20)
 
 
@@ -100,9 +99,8 @@ class Source:
     def __init__(self, ds, r: int):
         self.name, self.images, self.labels = ds.name, ds.images, ds.labels
         self.groups = DATASET_GROUPS.get(ds.name, list(ds.groups))
-        idx = np.arange(len(ds.images))
-        self.val = idx[idx % VAL_EVERY == VAL_EVERY - 1]
-        self.train = idx[idx % VAL_EVERY != VAL_EVERY - 1]
+        is_val = ds.validation_mask()  # the split of the Pancakes campaign: whole subjects
+        self.val, self.train = np.flatnonzero(is_val), np.flatnonzero(~is_val)
         self.r = r
         self.pancakes: dict[int, np.ndarray] = {}  # image index -> (M, r, r) labels
 

@@ -29,7 +29,7 @@ from torch import nn
 from ..io_weights import load_checkpoint, save_checkpoint, save_weights
 from ..metrics import set_dice
 from ..model import Pancakes, PancakesConfig
-from .datasets import LEAVE_OUT, RealDataset, SetSampler, load_real_datasets, validation_sets
+from .datasets import LEAVE_OUT, SetSampler, load_real_datasets, split_validation, validation_sets
 from .loss import best_pair_loss, best_protocol_partition_loss, feature_spread
 
 VAL_M, VAL_K = 8, 20
@@ -146,18 +146,6 @@ def selection_score(scores: dict[str, float], holdout: list[str]) -> float:
     """Mean validation Set Dice over the sources the model trains on (never the held-out ones)."""
     vals = [v for k, v in scores.items() if k not in holdout and not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
-
-
-def split_validation(real: dict[str, RealDataset], every: int = 10):
-    """Every ``every``-th image of each training dataset becomes validation-only."""
-    train, val = {}, {}
-    for name, ds in real.items():
-        keep = np.arange(len(ds)) % every != 0
-        pick = lambda sel: RealDataset(ds.name, ds.images[sel], ds.labels[sel], ds.groups, ds.eval_group,
-                                       None if ds.stack is None else ds.stack[sel],
-                                       None if ds.position is None else ds.position[sel])
-        train[name], val[name] = pick(keep), pick(~keep)
-    return train, val
 
 
 def init_weights(model: nn.Module) -> None:

@@ -257,3 +257,15 @@ def test_partition_loss_without_structures_is_zero_and_finite():
         "ndhw,mkd->nmkhw", f, ww) + bb[None, :, :, None, None])
     loss.backward()
     assert float(loss) == 0.0 and torch.isfinite(feats.grad).all()
+
+
+def test_refiner_until_rolls_over_midnight():
+    import datetime as dt
+
+    from napari_pancakes.training.refiner import _deadline_seconds
+
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=2)
+    left = _deadline_seconds(f"{past.hour:02d}:{past.minute:02d}")
+    assert 23 * 3600 < left <= 24 * 3600  # a time already past today is tomorrow's, not a negative budget
+    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=3)
+    assert 0 < _deadline_seconds(f"{soon.hour:02d}:{soon.minute:02d}") <= 180

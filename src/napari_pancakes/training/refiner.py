@@ -424,12 +424,14 @@ def load_checkpoint(out: Path, net, opt) -> dict:
 
 
 def _deadline_seconds(until: str) -> float:
-    """Seconds from now until HH:MM (UTC, today)."""
+    """Seconds from now until the next HH:MM (UTC; a time already past today means tomorrow)."""
     import datetime as dt
 
     now = dt.datetime.now(dt.timezone.utc)
     h, m = (int(v) for v in until.split(":"))
     end = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    if end <= now:  # e.g. --until 00:40 started at 22:30
+        end += dt.timedelta(days=1)
     return (end - now).total_seconds()
 
 

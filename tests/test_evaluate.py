@@ -54,3 +54,19 @@ def test_harness_runs_on_synthetic_sets_without_data(tmp_path, monkeypatch):
     assert result["checks"]["kmeans"]["constant_image_labels"] == 1
     for r in result["rows"]:
         assert 0 <= r["pancakes"]["dice"] <= 100 and 0 <= r["kmeans"]["dice"] <= 100
+
+
+def test_sets_of_held_out_training_and_apart_sources_are_grouped_apart():
+    from napari_pancakes.evaluate import evaluation_sets
+    from napari_pancakes.training.datasets import RealDataset
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((20, 32, 32), np.uint8)
+    labels[:, 8:24, 8:24] = 1
+    real = {n: RealDataset(n, rng.random((20, 32, 32), dtype=np.float32), labels.copy()) for n in "abc"}
+    items = evaluation_sets(real, 2, sizes=(1,), holdout=("a",), synthetic=False, apart=("b",))
+    groups = {it["source"]: it["group"] for it in items}
+    assert groups == {"a": "leave-out", "b": "training, apart", "c": "training"}
+    for it in items:
+        if it["source"] != "a":  # training sources lend only their validation images (every 10th subject)
+            assert any(np.array_equal(it["images"][0], v) for v in real[it["source"]].images[[0, 10]])

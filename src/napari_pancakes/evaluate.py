@@ -42,11 +42,12 @@ CROP = 96
 
 
 def evaluation_sets(real: dict, n_sets: int, sizes=SIZES, seed: int = 2024, holdout=(),
-                    synthetic: bool = True) -> list[dict]:
+                    synthetic: bool = True, apart=()) -> list[dict]:
     """Items (source, group, label, s, images (S, R, R), truth (S, R, R) bool), fixed by ``seed``.
 
     ``group`` is "leave-out" (all images of a held-out dataset), "training" (the validation
-    split of a training dataset) or "synthetic".
+    split of a training dataset), "training, apart" (the same for the datasets in ``apart``,
+    averaged on their own: e.g. a former leave-out group that a run then trained on) or "synthetic".
     """
     from .training.datasets import MIN_TARGET_PX
     from .training.synthetic import synthetic_set
@@ -70,7 +71,7 @@ def evaluation_sets(real: dict, n_sets: int, sizes=SIZES, seed: int = 2024, hold
     seen_split = split_validation({k: v for k, v in real.items() if k not in holdout})[1]
     for name in real:
         ds = real[name] if name in holdout else seen_split[name]
-        group = "leave-out" if name in holdout else "training"
+        group = "leave-out" if name in holdout else "training, apart" if name in apart else "training"
         labels = ds.eval_labels(np.arange(len(ds)))
         for v in [int(x) for x in np.unique(labels) if x > 0]:
             has = (labels == v).reshape(len(ds), -1).sum(1) >= MIN_TARGET_PX
@@ -254,7 +255,7 @@ def format_markdown(result: dict) -> str:
 def evaluate(weights: Path | str | None = None, out_dir: Path | str = "runs/eval", methods=METHODS,
              n_sets: int = 8, sizes=SIZES, holdout=None, data_root: Path | str | None = None,
              cache_dir: Path | str | None = "runs/cache", sweep: bool = False, checks: bool = True,
-             threads: int = 2, m: int = M, k: int = K, mni: bool = True) -> dict:
+             threads: int = 2, m: int = M, k: int = K, mni: bool = True, apart=()) -> dict:
     """Score ``methods`` and write ``results.json`` / ``results.md`` to ``out_dir``; returns the result."""
     import torch
 
@@ -265,7 +266,7 @@ def evaluate(weights: Path | str | None = None, out_dir: Path | str = "runs/eval
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     real = load_real_datasets(root=data_root, cache_dir=Path(cache_dir) if cache_dir else None, mni=mni)
-    items = evaluation_sets(real, n_sets, sizes, holdout=holdout)
+    items = evaluation_sets(real, n_sets, sizes, holdout=holdout, apart=tuple(apart or ()))
     fns = method_functions(weights, m, k)
     digest = hashlib.sha1()  # cached baseline scores are reused only for these very sets
     for it in items:
@@ -288,8 +289,8 @@ def evaluate(weights: Path | str | None = None, out_dir: Path | str = "runs/eval
         path.write_text(json.dumps({**key, "seconds": seconds[method], "scores": scores[method]}))
         print(f"{method}: {len(items)} sets in {seconds[method]:.0f} s", flush=True)
     rows = summarise(items, scores)
-    result = {"m": m, "k": k, "weights": str(weights or "bundled"), "holdout": list(holdout), "n_sets": n_sets,
-              "methods": list(methods), "seconds": seconds, "rows": rows, "means": group_means(rows, methods)}
+    result = {"m": m, "k": k, "weights": str(weights or "bundled"), "holdout": list(holdout),
+              "apart": list(apart or ()), "n_sets": n_sets, "methods": list(methods), "seconds": seconds, "rows": rows, "means": group_means(rows, methods)}
     check_images = [real[name].images[:: max(1, len(real[name]) // 10)][:10] for name in holdout if name in real]
     result["checks_on"] = "leave-out images" if check_images else "synthetic images (no leave-out data)"
     if not check_images:
@@ -316,6 +317,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--n-sets", type=int, default=8, help="sets per (source, label, S)")
     p.add_argument("--sizes", type=lambda t: [int(v) for v in t.split(",")], default=list(SIZES))
     p.add_argument("--holdout", type=csv, default=None, help="leave-out datasets (default: the campaign's group)")
+    p.add_argument("--apart", type=csv, default=[], help="training datasets averaged apart (e.g. a former leave-out group)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: $NAPARI_PANCAKES_DATA)")
     p.add_argument("--cache-dir", default="runs/cache", help="preprocessed-dataset cache")
     p.add_argument("--sweep", action="store_true", help="also the M x K sweep on the leave-out group")
@@ -329,7 +331,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     result = evaluate(args.weights, args.out, args.methods, args.n_sets, args.sizes, args.holdout, args.data_root,
-                      args.cache_dir, args.sweep, args.checks, args.threads, args.m, args.k)
+                      args.cache_dir, args.sweep, args.checks, args.threads, args.m, args.k, apart=args.apart)
     print(format_markdown(result))
     return 0
 

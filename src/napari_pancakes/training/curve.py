@@ -7,6 +7,7 @@ from pathlib import Path
 def plot_training_curve(run_dir: Path, out_png: Path) -> Path:
     """Training loss (from ``log.txt``) and validation Set Dice per source (``metrics.csv``)."""
     import csv
+    import json
     import re
 
     import matplotlib
@@ -27,8 +28,6 @@ def plot_training_curve(run_dir: Path, out_png: Path) -> Path:
         rows = list(csv.DictReader(fh))
     holdout: list[str] = []
     if (run_dir / "config.json").is_file():
-        import json
-
         holdout = json.loads((run_dir / "config.json").read_text()).get("holdout", [])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.5]})
     ax1.plot(steps, losses, lw=0.8)
@@ -43,7 +42,8 @@ def plot_training_curve(run_dir: Path, out_png: Path) -> Path:
     if holdout:
         held = [[100 * float(r[h]) for h in holdout if h in r] for r in rows]
         ax2.plot(x, [sum(v) / len(v) for v in held], lw=3, color="tab:red", marker="s", label="mean of leave-out group")
-    ax2.set(xlabel="step", ylabel="Set Dice (M=8, K=20, S=3)", title="validation (dashed: leave-out datasets)")
+    ax2.set(xlabel="step", ylabel="Set Dice (M=8, K=20, S=3)",
+            title="validation (dashed: leave-out datasets)" if holdout else "validation (no dataset left out)")
     ax2.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)

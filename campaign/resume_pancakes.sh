@@ -9,6 +9,9 @@
 # From step 5,626: half of the steps at 64 px (--low-res-share 0.5): in a 20-minute equal-budget
 # ablation from that step it reached 0.5241 against 0.5177 for 128 px only
 # (benchmarks/results/ablations/low-res-share-{A,B}.*); the B run is the campaign's continuation.
+# From session 3 the validation split keeps subjects whole (datasets.py: split_validation), so a
+# resume trains on slightly different images than before. The shipped weights come from
+# resume_pancakes_all.sh (all 18 datasets), started from this run's step 8,296.
 # --minutes is the budget of this session's part of the run; the step count carries on.
 set -euo pipefail
 cd "$(dirname "$0")/.."

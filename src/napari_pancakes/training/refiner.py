@@ -13,7 +13,7 @@ predict, let the simulated user correct the largest error (a click, sometimes a 
 feed the detached logits back as the prior. The loss is taken after every round.
 
     OMP_NUM_THREADS=1 python -m napari_pancakes.training.refiner --data ../shared/data \\
-        --out runs/refiner-campaign --until 18:25
+        --out runs/refiner-campaign --until 18:25 --steps 8
 
 Resumable: ``OUT/checkpoint.safetensors`` (model + optimiser tensors) and
 ``OUT/checkpoint.json`` (step, elapsed time, RNG states, log); ``OUT/best.safetensors`` is the

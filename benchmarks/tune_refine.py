@@ -1,12 +1,13 @@
 """Choose the refinement predictor's settings on validation images of TRAINING sources.
 
 Never on LEAVE_OUT: the images are the validation split of the campaigns (every 10th subject
-of each training dataset, ``split_validation``; target = label 1), 256 x 256, the best Pancakes label of each
-image as start (b). For each variant (``method[:lambda]``: ``hybrid:0.5`` sets the weight of
-the network prior in the hybrid, ``classical:0.005`` the weight of a starting mask in the
-classical walker; ``hybrid:0.5:0.5`` also the prior's decay per click; a ``+local`` suffix makes single
-positive clicks local too, ``session.LOCAL_POSITIVE``), the simulated user gives Dice after 0..10 clicks for (a) nothing, (b) the
-Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
+of each training dataset, ``split_validation``; target = label 1), 256 x 256, the best
+Pancakes label of each image as start (b). For each variant (``method[:lambda]``:
+``hybrid:0.5`` sets the weight of the network prior in the hybrid, ``classical:0.005`` the
+weight of a starting mask in the classical walker; ``hybrid:0.5:0.5`` also the prior's decay
+per click; a ``+local`` suffix makes single positive clicks local too,
+``session.LOCAL_POSITIVE``), the simulated user gives Dice after 0..10 clicks for (a)
+nothing, (b) the Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_refine.py --data ../shared/data \\
         --weights runs/refiner-campaign/best.safetensors --variants network hybrid:0.1 hybrid:0.5 --tag hybrid

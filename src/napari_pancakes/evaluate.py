@@ -49,9 +49,8 @@ def evaluation_sets(real: dict, n_sets: int, sizes=SIZES, seed: int = 2024, hold
     split of a training dataset), "training, apart" (the same for the datasets in ``apart``,
     averaged on their own: e.g. a former leave-out group that a run then trained on) or "synthetic".
     """
-    from .training.datasets import MIN_TARGET_PX
+    from .training.datasets import MIN_TARGET_PX, split_validation
     from .training.synthetic import synthetic_set
-    from .training.datasets import split_validation
 
     rng = np.random.default_rng(seed)
     items = []
@@ -263,10 +262,11 @@ def evaluate(weights: Path | str | None = None, out_dir: Path | str = "runs/eval
 
     torch.set_num_threads(threads)
     holdout = tuple(LEAVE_OUT if holdout is None else holdout)
+    apart = tuple(apart or ())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     real = load_real_datasets(root=data_root, cache_dir=Path(cache_dir) if cache_dir else None, mni=mni)
-    items = evaluation_sets(real, n_sets, sizes, holdout=holdout, apart=tuple(apart or ()))
+    items = evaluation_sets(real, n_sets, sizes, holdout=holdout, apart=apart)
     fns = method_functions(weights, m, k)
     digest = hashlib.sha1()  # cached baseline scores are reused only for these very sets
     for it in items:
@@ -289,8 +289,9 @@ def evaluate(weights: Path | str | None = None, out_dir: Path | str = "runs/eval
         path.write_text(json.dumps({**key, "seconds": seconds[method], "scores": scores[method]}))
         print(f"{method}: {len(items)} sets in {seconds[method]:.0f} s", flush=True)
     rows = summarise(items, scores)
-    result = {"m": m, "k": k, "weights": str(weights or "bundled"), "holdout": list(holdout),
-              "apart": list(apart or ()), "n_sets": n_sets, "methods": list(methods), "seconds": seconds, "rows": rows, "means": group_means(rows, methods)}
+    result = {"m": m, "k": k, "weights": str(weights or "bundled"), "holdout": list(holdout), "apart": list(apart),
+              "n_sets": n_sets, "methods": list(methods), "seconds": seconds, "rows": rows,
+              "means": group_means(rows, methods)}
     check_images = [real[name].images[:: max(1, len(real[name]) // 10)][:10] for name in holdout if name in real]
     result["checks_on"] = "leave-out images" if check_images else "synthetic images (no leave-out data)"
     if not check_images:
@@ -317,7 +318,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--n-sets", type=int, default=8, help="sets per (source, label, S)")
     p.add_argument("--sizes", type=lambda t: [int(v) for v in t.split(",")], default=list(SIZES))
     p.add_argument("--holdout", type=csv, default=None, help="leave-out datasets (default: the campaign's group)")
-    p.add_argument("--apart", type=csv, default=[], help="training datasets averaged apart (e.g. a former leave-out group)")
+    p.add_argument("--apart", type=csv, default=[],
+                   help="training datasets averaged apart (e.g. a former leave-out group)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: $NAPARI_PANCAKES_DATA)")
     p.add_argument("--cache-dir", default="runs/cache", help="preprocessed-dataset cache")
     p.add_argument("--sweep", action="store_true", help="also the M x K sweep on the leave-out group")

@@ -93,7 +93,8 @@ class RefineSession:
         initial_mask: where to start (e.g. the chosen Pancakes label), a bool mask of the
             image's shape; None starts from nothing.
         method: "network", "hybrid" or "classical" (see the module docstring).
-        local_negative: keep negative clicks local (see :func:`localise`).
+        local_negative: keep negative clicks local (see :func:`localise`); with the module
+            switch ``LOCAL_POSITIVE`` (off: it lost on validation) single positive clicks too.
     """
 
     def __init__(self, refiner: Refiner | None, image, initial_mask=None, method: str = "hybrid",

@@ -256,7 +256,8 @@ def load_real_datasets(names: list[str] | None = None, root: Path | None = None,
         if not (folder / "images").is_dir():
             continue
         arrays = _cached(cache_dir, f"{name}-{res}", lambda f=folder: dict(zip(("images", "labels"), _read_folder(f, res))))
-        out[name] = RealDataset(name, arrays["images"], arrays["labels"], groups=DATASET_GROUPS.get(name, []),
+        out[name] = RealDataset(name, arrays["images"], arrays["labels"],
+                                groups=DATASET_GROUPS.get(name, []),
                                 subject=subjects_from_notes(folder, name, len(arrays["images"])))
     if mni:
         try:

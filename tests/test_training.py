@@ -269,3 +269,42 @@ def test_refiner_until_rolls_over_midnight():
     assert 23 * 3600 < left <= 24 * 3600  # a time already past today is tomorrow's, not a negative budget
     soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=3)
     assert 0 < _deadline_seconds(f"{soon.hour:02d}:{soon.minute:02d}") <= 180
+
+
+def test_superpixel_targets_follow_image_regions_and_feed_training():
+    """Superpixel targets (ScribblePrompt's synthetic labels) are regions of the image itself:
+    on a two-region image most targets keep to one side of the edge (a merge with a neighbouring
+    region may cross it), and a crop's target comes from
+    them when ``superpixel_prob`` is 1, so a label map with only background still trains."""
+    import types
+
+    import torch
+
+    from napari_pancakes.refine.network import RefinerConfig, RefinerNet
+    from napari_pancakes.training.refiner import Source, make_example, superpixel_target, train_step
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((64, 64), np.float32)
+    img[:, 32:] = 1.0
+    img += rng.normal(0, 0.02, img.shape).astype(np.float32)
+    one_side = 0
+    for _ in range(40):
+        t = superpixel_target(np.clip(img, 0, 1), rng)
+        assert t is not None and 12 <= t.sum() <= 0.6 * t.size
+        one_side += not (t[:, :32].any() and t[:, 32:].any())
+    assert one_side >= 30  # a box or blob placed at random would straddle the edge about half the time
+    assert superpixel_target(np.zeros((4, 4), np.float32), rng) is None  # no region big enough
+
+    images = np.stack([img] * 4).astype(np.float32)
+    ds = types.SimpleNamespace(name="two_halves", images=np.clip(images, 0, 1),
+                               labels=np.zeros((4, 64, 64), np.uint8), groups=[],
+                               validation_mask=lambda: np.array([False, False, False, True]))
+    src = Source(ds, 32)
+    assert src.sample(rng, False, superpixel_prob=0.0) is None  # background only: no labelled target
+    got = src.sample(rng, False, superpixel_prob=1.0)
+    assert got is not None and got[1].shape == (32, 32) and 0 < got[1].sum() < got[1].size
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(resolution=32, features=(8, 8)))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    batch = [make_example([src], rng, 32, synthetic_prob=0.0, superpixel_prob=1.0) for _ in range(2)]
+    assert np.isfinite(train_step(net, opt, batch, net.config, rng, steps=2))

@@ -1,6 +1,6 @@
 """Train the click model by simulated interaction (ScribblePrompt-style), on CPU, resumably.
 
-Data: every dataset of the data root except ``LEAVE_OUT`` (read with the one reader,
+Data: every dataset of the data root except ``LEAVE_OUT`` (``--leave-out``; read with the one reader,
 :func:`~napari_pancakes.training.datasets.load_real_datasets`, at 256 px), nilearn's MNI152
 slices, and synthetic shapes. Every 10th subject of each source (whole patients, the split of
 the Pancakes campaign) is kept for validation (the checkpoint is chosen on it, never on LEAVE_OUT).
@@ -11,6 +11,11 @@ of training images; the candidate label closest to the target), receives a first
 (a click, a bounding box, or positive/negative scribbles), then up to ``steps`` rounds of:
 predict, let the simulated user correct the largest error (a click, sometimes a scribble),
 feed the detached logits back as the prior. The loss is taken after every round.
+
+With ``--superpixel-prob`` a share of the real crops get a target that no annotator drew: a
+region of a Felzenszwalb over-segmentation of the crop, or a few neighbouring regions merged
+(ScribblePrompt's synthetic labels), so the model learns to follow the image's own boundaries
+wherever the prompts point, on modalities and structures that no dataset here labels.
 
     OMP_NUM_THREADS=1 python -m napari_pancakes.training.refiner --data ../shared/data \\
         --out runs/refiner-campaign --until 18:25 --steps 8
@@ -93,6 +98,31 @@ def pick_target(rng, lab: np.ndarray, groups, min_px: float, component_prob: flo
     return target
 
 
+def superpixel_target(img: np.ndarray, rng: np.random.Generator, min_px: int = 12,
+                      max_share: float = 0.6) -> np.ndarray | None:
+    """A target from the image alone: one Felzenszwalb region (random scale) or it merged with up
+    to two neighbouring regions; None when no region has between ``min_px`` pixels and
+    ``max_share`` of the image."""
+    from skimage.segmentation import felzenszwalb
+
+    seg = felzenszwalb(img, scale=float(np.exp(rng.uniform(np.log(20), np.log(400)))),
+                       sigma=float(rng.uniform(0.3, 1.2)), min_size=int(rng.integers(10, 60)))
+    counts = np.bincount(seg.ravel())
+    ok = np.flatnonzero((counts >= min_px) & (counts <= max_share * seg.size))
+    if not len(ok):
+        return None
+    target = seg == rng.choice(ok)
+    for _ in range(int(rng.integers(0, 3))):
+        neighbours = np.unique(seg[ndi.binary_dilation(target) & ~target])
+        if not len(neighbours):
+            break
+        merged = target | (seg == rng.choice(neighbours))
+        if merged.mean() > max_share:
+            break
+        target = merged
+    return target
+
+
 class Source:
     """One real dataset: training/validation indices, optional Pancakes labels at working size."""
 
@@ -112,8 +142,9 @@ class Source:
         sel = np.minimum((np.arange(self.r) * step + step / 2).astype(int), lab.shape[0] - 1)
         return img, lab[np.ix_(sel, sel)]
 
-    def sample(self, rng, with_pancakes: bool):
-        """(image, target, pancakes labels or None) at working size, augmented."""
+    def sample(self, rng, with_pancakes: bool, superpixel_prob: float = 0.0):
+        """(image, target, pancakes labels or None) at working size, augmented; a crop's target is
+        a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``."""
         r = self.r
         for _ in range(20):
             if with_pancakes and self.pancakes:
@@ -131,7 +162,11 @@ class Source:
                 sel = np.minimum((np.arange(r) * step + step / 2).astype(int), s - 1)
                 lab = self.labels[i, y0:y0 + s, x0:x0 + s][np.ix_(sel, sel)]
                 pan = None
-            target = pick_target(rng, lab, self.groups, min_px=12)
+            target = None
+            if pan is None and rng.random() < superpixel_prob:
+                target = superpixel_target(np.clip(img, 0, 1), rng)
+            if target is None:
+                target = pick_target(rng, lab, self.groups, min_px=12)
             if target is None or target.all():
                 continue
             img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)
@@ -277,14 +312,14 @@ class Example:
                             pos_map=self.smaps[0], neg_map=self.smaps[1])
 
 
-def make_example(sources, rng, r: int, synthetic_prob: float = 0.15) -> Example:
+def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_prob: float = 0.0) -> Example:
     while True:
         pan_mode = rng.random() < 0.3
         if rng.random() < synthetic_prob or not sources:
             img, target = synthetic_example(rng, r)
             pan = None
         else:
-            got = sources[rng.integers(len(sources))].sample(rng, pan_mode)
+            got = sources[rng.integers(len(sources))].sample(rng, pan_mode, superpixel_prob)
             if got is None:
                 continue
             img, target, pan = got
@@ -450,6 +485,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pancakes-per-source", type=int, default=48)
     ap.add_argument("--eval-every", type=float, default=10.0, help="minutes between validation + checkpoint")
+    ap.add_argument("--superpixel-prob", type=float, default=0.0,
+                    help="share of real crops whose target is a superpixel region (superpixel_target)")
+    ap.add_argument("--leave-out", default=",".join(LEAVE_OUT),
+                    help="comma-separated datasets not read ('' = train on all: the stage that ships, once "
+                         "the recipe is settled on the leave-out benchmark)")
     ap.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="WEIGHTS",
                     help="only score these refiner files on the run's validation pairs (training sources; "
                          "the Pancakes starts come from the bundled Pancakes weights) and write OUT/evaluate.json")
@@ -486,10 +526,11 @@ def main(argv=None):
         rng.bit_generator.state = state["np_rng"]
 
     root = data_root(args.data)
-    names = [n for n in folder_names(root) if n not in LEAVE_OUT]
+    leave_out = [n for n in args.leave_out.split(",") if n]
+    names = [n for n in folder_names(root) if n not in leave_out]
     real = load_real_datasets(names, root=root, res=STORE, cache_dir=args.cache, mni=True)
-    sources = [Source(ds, r) for name, ds in real.items() if name not in LEAVE_OUT]
-    log(f"sources: {[s.name for s in sources]} (+ synthetic); leave-out not read: {list(LEAVE_OUT)}")
+    sources = [Source(ds, r) for name, ds in real.items() if name not in leave_out]
+    log(f"sources: {[s.name for s in sources]} (+ synthetic); leave-out not read: {leave_out}")
     compute_pancakes_labels(sources, args.pancakes_per_source, log=log)
     val = validation_pairs(sources)
     log(f"{len(val)} validation pairs from training sources")
@@ -523,7 +564,7 @@ def main(argv=None):
         for g in opt.param_groups:
             g["lr"] = lr
         steps = int(rng.integers(1, args.steps + 1))
-        batch = [make_example(sources, rng, r) for _ in range(args.batch)]
+        batch = [make_example(sources, rng, r, superpixel_prob=args.superpixel_prob) for _ in range(args.batch)]
         run_loss.append(train_step(net, opt, batch, config, rng, steps))
         state["it"] += 1
         if state["it"] % 25 == 0:
@@ -531,13 +572,13 @@ def main(argv=None):
             state["log"].append({"it": state["it"], "min": round(elapsed / 60, 2), "loss": round(float(np.mean(run_loss)), 4)})
             run_loss = []
         if time.time() - last_eval > args.eval_every * 60:
-            _checkpoint(out, net, opt, state, rng, t_start, val, config, log)
+            _checkpoint(out, net, opt, state, rng, t_start, val, config, log, leave_out)
             last_eval = time.time()
-    _checkpoint(out, net, opt, state, rng, t_start, val, config, log, final=True)
+    _checkpoint(out, net, opt, state, rng, t_start, val, config, log, leave_out, final=True)
     log(f"done: {state['it']} iterations, {(time.time() - t_start) / 60:.1f} min")
 
 
-def _checkpoint(out, net, opt, state, rng, t_start, val, config, log, final=False):
+def _checkpoint(out, net, opt, state, rng, t_start, val, config, log, leave_out, final=False):
     ev = evaluate(net, config, val)
     state["elapsed"] = time.time() - t_start
     state["np_rng"] = rng.bit_generator.state
@@ -548,7 +589,7 @@ def _checkpoint(out, net, opt, state, rng, t_start, val, config, log, final=Fals
         state["best_score"] = ev["score"]
         save_weights(net, out / "best.tmp.safetensors", fmt=REFINER_FORMAT,
                      extra={"iterations": state["it"], "train_minutes": round(state["elapsed"] / 60, 1),
-                            "validation": ev, "leave_out": list(LEAVE_OUT)})
+                            "validation": ev, "leave_out": leave_out})
         (out / "best.tmp.safetensors").replace(out / "best.safetensors")
         log(f"new best (score {ev['score']}) -> best.safetensors")
     save_checkpoint(out, net, opt, state)

@@ -120,24 +120,34 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=float, default=None, help="weight of the other images' anchor (default: protocol.KEEP)")
     parser.add_argument("--modes", default=",".join(MODES), help="paint,clicks")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--weights", default=None, help="Pancakes file (default: bundled); on the leave-out "
+                        "group it must have held that group out, e.g. campaign/pancakes/best.safetensors")
+    parser.add_argument("--refiner-weights", default=None, help="refiner file (default: bundled); the same rule, "
+                        "e.g. runs/refiner-campaign/best.safetensors")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from napari_pancakes import load_model, segment_set
     from napari_pancakes.protocol import BIAS, KEEP
     from napari_pancakes.refine import load_refiner
-    from napari_pancakes.training.datasets import LEAVE_OUT, data_root, load_real_datasets
+    from napari_pancakes.training.datasets import LEAVE_OUT, data_root, load_real_datasets, saw_leave_out
 
     if data_root() is None:
         print("set NAPARI_PANCAKES_DATA to the shared datasets folder", file=sys.stderr)
         return 2
     names = args.datasets.split(",") if args.datasets else list(LEAVE_OUT)
     data = load_real_datasets(names, res=128, mni=False)
-    model = load_model(device="cpu")
+    model = load_model(args.weights, device="cpu")
+    refiner = load_refiner(args.refiner_weights, device="cpu")
+    for what, flag, held in (("Pancakes", "--weights", model.metadata.get("holdout")),
+                             ("refiner", "--refiner-weights", refiner.metadata.get("leave_out"))):
+        seen = [n for n in saw_leave_out(held) if n in names]
+        if seen:
+            raise SystemExit(f"the {what} weights were trained on {seen}: pass {flag} with a file that held them out")
 
     def weights_note() -> str:
-        return f"bundled (step {model.metadata.get('steps', '?')})"
-    refiner = load_refiner(device="cpu")
+        return (f"Pancakes {args.weights or 'bundled'} (step {model.metadata.get('steps', '?')}), refiner "
+                f"{args.refiner_weights or 'bundled'} (iteration {refiner.metadata.get('iterations', '?')})")
     rng = np.random.default_rng(args.seed)
     rows = []
     t0 = time.perf_counter()

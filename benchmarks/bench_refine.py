@@ -5,13 +5,17 @@ an evenly spaced subset of images, and each predictor (``network``, ``hybrid``,
 ``classical`` = seeded random walker, see ``napari_pancakes.refine.session``), three starts:
 
 (a) from nothing, then clicks; (b) from the best Pancakes label of the set (the (m, k) with
-the highest set Dice, shipped Pancakes weights, M=8, K=20), then clicks; (c) a box (the
+the highest set Dice, M=8, K=20), then clicks; (c) a box (the
 target's bounding box), then clicks. The simulated user clicks the largest error region at
 its point farthest from the boundary. Reports Dice after 0..N clicks, NoC@85 / NoC@90
 (capped at N), per dataset and averaged over datasets, and ms per prompt at 256 px.
 Writes ``benchmarks/results/refine.{json,md}`` (``--tag`` adds a suffix).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_refine.py --data ../shared/data --max-images 12
+    OMP_NUM_THREADS=1 python benchmarks/bench_refine.py --data ../shared/data --max-images 12 \\
+        --weights runs/refiner-campaign/best.safetensors --pancakes-weights campaign/pancakes/best.safetensors
+
+Both models must have held the leave-out group out (their metadata say so; the run refuses
+others): the shipped all-data weights trained on it.
 """
 from __future__ import annotations
 
@@ -42,23 +46,16 @@ def load_leave_out(root, max_images: int | None, cache: Path):
     return out
 
 
-def best_pancakes_labels(images, truths, m: int = 8, k: int = 20):
+def best_pancakes_labels(images, truths, model, m: int = 8, k: int = 20):
     """Per-image masks of the best (m, k) candidate of the set (highest set Dice)."""
-    from napari_pancakes import load_model, segment_set
+    from napari_pancakes import segment_set
     from napari_pancakes.metrics import pair_scores
 
-    labels = segment_set(images, m, k, model=load_model(device="cpu"))
+    labels = segment_set(images, m, k, model=model)
     preds = [labels[:, s] for s in range(labels.shape[1])]
     scores = pair_scores(preds, list(truths), k)
     bm, bk = np.unravel_index(int(np.argmax(scores)), scores.shape)
     return [p[bm] == bk for p in preds], (int(bm), int(bk)), float(scores[bm, bk])
-
-
-def _pancakes_steps() -> str:
-    """Training steps of the bundled Pancakes weights (which give the (b) starts)."""
-    from napari_pancakes import load_model
-
-    return str(load_model(device="cpu").metadata.get("steps", "?"))
 
 
 def summarise(curves: np.ndarray, times, n: int) -> dict:
@@ -84,17 +81,29 @@ def run(args) -> dict:
         import napari_pancakes.refine.session as session_module
 
         session_module.HYBRID_DECAY = args.hybrid_decay
+    from napari_pancakes import load_model
+    from napari_pancakes.training.datasets import saw_leave_out
+
     refiner = load_refiner(args.weights, device="cpu")
+    pancakes = load_model(args.pancakes_weights, device="cpu")
+    # a benchmark of images the models never saw: refuse weights trained on the leave-out group
+    # (the all-data stages that ship); pass the leave-out runs' files instead
+    for what, flag, held in (("refiner", "--weights", refiner.metadata.get("leave_out")),
+                             ("Pancakes", "--pancakes-weights", pancakes.metadata.get("holdout"))):
+        if saw_leave_out(held):
+            raise SystemExit(f"the {what} weights were trained on {saw_leave_out(held)}, which this benchmark "
+                             f"holds out: pass {flag} with the leave-out run's file")
     data = load_leave_out(data_root(args.data), args.max_images, args.cache)
     res = {"weights": str(args.weights or "bundled refiner_default.safetensors"),
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
            "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay,
-           "pancakes_weights_steps": _pancakes_steps(),
+           "pancakes_weights": str(args.pancakes_weights or "bundled"),
+           "pancakes_weights_steps": str(pancakes.metadata.get("steps", "?")),
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "sets": {}}
     reuse = json.loads(args.reuse.read_text()) if args.reuse else {"sets": {}}
     for name, (images, truths, idx) in data.items():
-        starts, pair, set_dice = best_pancakes_labels(images, truths)
+        starts, pair, set_dice = best_pancakes_labels(images, truths, pancakes)
         entry = {"images": len(images), "image_indices": [int(i) for i in idx], "best_pair": pair,
                  "best_pair_set_dice": round(set_dice, 4)}
         old = reuse["sets"].get(name, {})
@@ -172,7 +181,11 @@ def main(argv=None):
     ap.add_argument("--max-images", type=int, default=12, help="evenly spaced images per dataset (0: all)")
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--methods", nargs="+", default=["network", "hybrid", "classical"])
-    ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="refiner file (default: bundled); it must not have trained on the leave-out group")
+    ap.add_argument("--pancakes-weights", type=Path, default=None,
+                    help="Pancakes file for the (b) starts (default: bundled); it must not have trained on the "
+                         "leave-out group, e.g. campaign/pancakes/best.safetensors")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")

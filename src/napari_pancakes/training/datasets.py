@@ -15,6 +15,7 @@ as the binary target.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,15 @@ class RealDataset:
         _, first, inverse = np.unique(subject, return_index=True, return_inverse=True)
         rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")  # subject order of appearance
         return rank[inverse.ravel()] % every == 0
+
+
+def saw_leave_out(held_out) -> list[str]:
+    """The ``LEAVE_OUT`` datasets that a weights file was trained on, from the list of datasets its
+    metadata says it held out (a list, the JSON text a safetensors header stores, or None: all).
+    Benchmarks of the leave-out group refuse weights for which this is not empty."""
+    if isinstance(held_out, str):
+        held_out = json.loads(held_out)
+    return [n for n in LEAVE_OUT if n not in (held_out or [])]
 
 
 def split_validation(real: dict[str, RealDataset], every: int = VAL_EVERY):

@@ -272,3 +272,24 @@ def test_four_channel_files_load_and_gain_a_neutral_box_channel(tmp_path):
     x5 = torch.cat([x[:, :3], torch.zeros(1, 1, 128, 128), x[:, 3:]], 1)
     with torch.no_grad():
         assert torch.allclose(old(x), new(x5), atol=1e-5)
+
+
+@pytest.mark.parametrize("max_side", [512, 64])  # 64: the walker's grid is smaller than the image
+def test_hybrid_on_the_image_grid_follows_all_prompts(refiner, monkeypatch, max_side):
+    import napari_pancakes.refine.session as session_module
+
+    monkeypatch.setattr(session_module, "HYBRID_GRID", "image")
+    monkeypatch.setattr(session_module, "IMAGE_GRID_MAX_SIDE", max_side)
+    img, truth = disk_image(h=96, w=160, cy=48, cx=56, r=20)
+    yy, xx = np.mgrid[0:96, 0:160]
+    other = (yy - 48) ** 2 + (xx - 125) ** 2 < 18**2
+    img = img + 0.6 * other
+    s = RefineSession(refiner, img, method="hybrid")
+    clicked = s.add_click(48, 56)
+    assert clicked.shape == truth.shape and dice(clicked, truth) > 0.7, dice(clicked, truth)
+    kept = s.add_click(90, 5, positive=False)  # background far away: the disk stays
+    assert not kept[90, 5] and kept[truth].mean() > 0.9
+    boxed = RefineSession(refiner, img, method="hybrid").set_box((26, 34, 70, 78))
+    assert dice(boxed, truth) > 0.7 and boxed[other].mean() < 0.1
+    drawn = RefineSession(refiner, img, method="hybrid").add_scribble([(48, 45), (50, 56), (47, 66)])
+    assert dice(drawn, truth) > 0.7

@@ -7,6 +7,8 @@ Three predictors (``method``):
   working grid (clicks and scribbles are seeds, the outside of a box is background), so
   the answer follows image edges where the network is unsure; the prior's weight shrinks
   with each click or scribble (``HYBRID_DECAY``), so the seeds take over as they accumulate.
+  With ``HYBRID_GRID = "image"`` the walker runs on the image's own pixels instead (at most
+  ``IMAGE_GRID_MAX_SIDE`` on the longer side), so edges finer than the working grid count.
 - ``"classical"``: the seeded random walker alone at the image's resolution (the baseline;
   the image border is background until the first negative click; a starting mask is its prior).
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..preprocess import normalize_intensity
+from ..preprocess import normalize_intensity, resize_image
 from .network import MASK_LOGIT
 from .predictor import Refiner, _check_image, _check_points, honour_clicks
 from .walker import border_mask, box_outside, random_walk, seed_disks
@@ -32,6 +34,8 @@ HYBRID_DECAY = 1.0  # ... multiplied by this per click or scribble (the seeds ta
 HYBRID_LAMBDA_MIN = 0.002  # ... but never below this
 HYBRID_BETA = 130.0
 CLASSICAL_PRIOR_LAMBDA = 0.0005  # weight of a starting mask in the classical walker (refine-tune-classical.json)
+HYBRID_GRID = "work"  # where the hybrid's walker runs: "work" (the network's grid) or "image"
+IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this longer side
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 
@@ -252,6 +256,8 @@ class RefineSession:
                                 smaps[0].astype(np.float32) if smaps[0].any() else None,
                                 smaps[1].astype(np.float32) if smaps[1].any() else None)
         shown = logits
+        if self.method == "hybrid" and HYBRID_GRID == "image" and (clicks or scribbles or box is not None):
+            return honour_clicks(self._hybrid_on_image_grid(logits, p, n, box, scribbles), clicks), logits
         if self.method == "hybrid" and (clicks or scribbles or box is not None):
             fg = seed_disks(pw, (res, res), 1.0) | smaps[0]
             bg = seed_disks(nw, (res, res), 1.0) | smaps[1]
@@ -262,6 +268,25 @@ class RefineSession:
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
         return honour_clicks(mask, clicks), logits
+
+    def _hybrid_on_image_grid(self, logits, p, n, box, scribbles) -> np.ndarray:
+        """The hybrid's walker on the image's pixels (downscaled to ``IMAGE_GRID_MAX_SIDE``)."""
+        h, w = self.shape
+        f = min(1.0, IMAGE_GRID_MAX_SIDE / max(h, w))
+        grid = (max(2, round(h * f)), max(2, round(w * f)))
+        if self._norm is None:
+            self._norm = normalize_intensity(self.image).astype(np.float64)
+        norm = self._norm if grid == self.shape else resize_image(self._norm, grid).astype(np.float64)
+        to_g = lambda pts: [((y + 0.5) * f - 0.5, (x + 0.5) * f - 0.5) for y, x in pts]  # noqa: E731
+        fg = seed_disks(to_g(p), grid, 1.5) | _draw_paths([to_g(pts) for pts, s in scribbles if s], grid)
+        bg = seed_disks(to_g(n), grid, 1.5) | _draw_paths([to_g(pts) for pts, s in scribbles if not s], grid)
+        if box is not None:
+            (y0, x0), (y1, x1) = to_g([box[:2], box[2:]])
+            bg |= box_outside((y0, x0, y1, x1), grid)
+        lam = max(HYBRID_LAMBDA * HYBRID_DECAY ** (len(p) + len(n) + len(scribbles)), HYBRID_LAMBDA_MIN)
+        prior = 1 / (1 + np.exp(-self.refiner.upsample(logits, grid)))
+        prob = random_walk(norm, fg, bg, prior=prior, lam=lam, beta=HYBRID_BETA)
+        return (prob if grid == self.shape else resize_image(prob, self.shape)) > 0.5
 
     def _classical(self, p, n, box, scribbles):
         if self._norm is None:

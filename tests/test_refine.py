@@ -293,3 +293,21 @@ def test_hybrid_on_the_image_grid_follows_all_prompts(refiner, monkeypatch, max_
     assert dice(boxed, truth) > 0.7 and boxed[other].mean() < 0.1
     drawn = RefineSession(refiner, img, method="hybrid").add_scribble([(48, 45), (50, 56), (47, 66)])
     assert dice(drawn, truth) > 0.7
+
+
+@pytest.mark.parametrize("method", ["network", "hybrid"])
+def test_a_click_keeps_detail_finer_than_the_working_grid(refiner, method):
+    """A chosen label of a large image keeps its fine detail where the click changed nothing:
+    tiny dots (2 px, below the 128 px grid of a 512 px image) far from the click survive exactly."""
+    h = w = 512
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = (yy - 380) ** 2 + (xx - 380) ** 2 < 50**2
+    dots = np.zeros((h, w), bool)
+    dots[40:200:12, 40:200:12] = True
+    dots |= np.roll(dots, 1, 0) | np.roll(dots, 1, 1)
+    rng = np.random.default_rng(0)
+    img = (0.2 + 0.6 * (blob | dots) + rng.normal(0, 0.02, (h, w))).astype(np.float32)
+    s = RefineSession(refiner, img, initial_mask=dots, method=method)
+    after = s.add_click(380, 380)
+    assert after[blob].mean() > 0.8  # the click added the blob
+    assert np.array_equal(after[:260, :260], dots[:260, :260])  # the dots, far away, are untouched

@@ -12,6 +12,11 @@ Three predictors (``method``):
 - ``"classical"``: the seeded random walker alone at the image's resolution (the baseline;
   the image border is background until the first negative click; a starting mask is its prior).
 
+Detail finer than the network's working grid is kept (``keep_unchanged``): after a prompt,
+only the places where the answer changed on that grid take the new mask; elsewhere the
+previous mask stays pixel for pixel. A chosen label of a 1024 px image is not resampled
+through the 128 px grid by every click.
+
 Negative clicks are local: after a negative click, changes are kept only where they touch
 the click's neighbourhood or the connected region under the click; a correct region
 elsewhere is never erased by it.
@@ -38,6 +43,7 @@ HYBRID_GRID = "work"  # where the hybrid's walker runs: "work" (the network's gr
 IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this longer side
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
+KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,20 @@ def _draw_paths(paths, shape) -> np.ndarray:
             rr, cc = line(y0, x0, y1, x1)
             out[rr, cc] = True
     return out
+
+
+def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarray:
+    """``new`` where the mask changed on a ``grid`` x ``grid`` view of both masks (and one grid
+    pixel around), ``previous`` elsewhere; both are bool masks of the image's shape."""
+    if not KEEP_DETAIL or not previous.any() or previous.shape == (grid, grid):
+        return new
+    before = resize_image(previous.astype(np.float32), (grid, grid)) > 0.5
+    after = resize_image(new.astype(np.float32), (grid, grid)) > 0.5
+    zone = ndi.binary_dilation(before ^ after)
+    if not zone.any():
+        return previous.copy()
+    zone = resize_image(zone.astype(np.float32), previous.shape) > 0
+    return np.where(zone, new, previous)
 
 
 def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: float) -> np.ndarray:
@@ -257,7 +277,8 @@ class RefineSession:
                                 smaps[1].astype(np.float32) if smaps[1].any() else None)
         shown = logits
         if self.method == "hybrid" and HYBRID_GRID == "image" and (clicks or scribbles or box is not None):
-            return honour_clicks(self._hybrid_on_image_grid(logits, p, n, box, scribbles), clicks), logits
+            mask = self._hybrid_on_image_grid(logits, p, n, box, scribbles)
+            return honour_clicks(keep_unchanged(self.state.mask, mask, res), clicks), logits
         if self.method == "hybrid" and (clicks or scribbles or box is not None):
             fg = seed_disks(pw, (res, res), 1.0) | smaps[0]
             bg = seed_disks(nw, (res, res), 1.0) | smaps[1]
@@ -267,7 +288,7 @@ class RefineSession:
             prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=lam, beta=HYBRID_BETA)
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
-        return honour_clicks(mask, clicks), logits
+        return honour_clicks(keep_unchanged(self.state.mask, mask, res), clicks), logits
 
     def _hybrid_on_image_grid(self, logits, p, n, box, scribbles) -> np.ndarray:
         """The hybrid's walker on the image's pixels (downscaled to ``IMAGE_GRID_MAX_SIDE``)."""

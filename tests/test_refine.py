@@ -311,3 +311,25 @@ def test_a_click_keeps_detail_finer_than_the_working_grid(refiner, method):
     after = s.add_click(380, 380)
     assert after[blob].mean() > 0.8  # the click added the blob
     assert np.array_equal(after[:260, :260], dots[:260, :260])  # the dots, far away, are untouched
+
+
+def test_walker_with_a_prior_solves_iteratively_to_the_direct_answer(monkeypatch):
+    import napari_pancakes.refine.walker as walker
+
+    img, truth = disk_image(h=80, w=90, r=20)
+    rng = np.random.default_rng(1)
+    prior = np.clip(truth + rng.normal(0, 0.4, truth.shape), 0, 1)
+    fg = walker.seed_disks([(48, 56)], truth.shape, 1.5)
+    bg = walker.border_mask(truth.shape)
+    direct_solve = walker.spsolve
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the direct solve was used")
+
+    monkeypatch.setattr(walker, "spsolve", refuse)
+    iterative = walker.random_walk(img, fg, bg, prior=prior, lam=0.5)  # CG converged on its own
+    monkeypatch.setattr(walker, "spsolve", direct_solve)
+    monkeypatch.setattr(walker, "CG_MIN_LAMBDA", np.inf)  # the direct solve
+    direct = walker.random_walk(img, fg, bg, prior=prior, lam=0.5)
+    assert np.abs(iterative - direct).max() < 1e-4
+    assert np.array_equal(iterative > 0.5, direct > 0.5)

@@ -11,13 +11,20 @@ Energy, over the 4-connected pixel graph with weights ``w_ij = exp(-beta (I_i - 
     sum_ij w_ij (x_i - x_j)^2 + lam * sum_i c_i (x_i - p_i)^2,   x = 1 / 0 on positive / negative seeds
 
 with ``p`` the prior probability and ``c_i = |2 p_i - 1|`` its confidence. One sparse linear
-solve (``scipy.sparse.linalg.spsolve``) per call.
+solve per call. With a prior of weight ``lam >= CG_MIN_LAMBDA`` (the hybrid), the system is
+diagonally dominant where the prior is confident: Jacobi-preconditioned conjugate gradients
+started from the prior are several times faster than the direct solve, at the same answer
+(1e-6). Without one (the classical walker), the direct solve (``spsolve``) was as fast or faster.
 """
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import cg, spsolve
+
+CG_RTOL = 1e-6  # relative residual; the answers differ from the direct solve by ~1e-6
+CG_MAXITER = 3000
+CG_MIN_LAMBDA = 0.01  # below this prior weight the direct solve is used
 
 
 def _edges(image: np.ndarray, beta: float):
@@ -76,10 +83,15 @@ def random_walk(image: np.ndarray, fg: np.ndarray, bg: np.ndarray, prior: np.nda
     a = lap + sp.diags(diag)
     x_seed = fg.ravel().astype(np.float64)
     free = ~seeded
-    a_ff = a[free][:, free].tocsc()
+    a_ff = a[free][:, free].tocsr()
     rhs = rhs_full[free] - a[free][:, seeded] @ x_seed[seeded]
     x = x_seed.copy()
-    x[free] = spsolve(a_ff, rhs, permc_spec="MMD_AT_PLUS_A")  # symmetric: faster than COLAMD here
+    info = 1
+    if use_prior and lam >= CG_MIN_LAMBDA:
+        sol, info = cg(a_ff, rhs, x0=p[free], rtol=CG_RTOL, maxiter=CG_MAXITER, M=sp.diags(1.0 / a_ff.diagonal()))
+    if info != 0:  # no prior, or CG did not converge: the direct solve (symmetric: MMD beats COLAMD here)
+        sol = spsolve(a_ff.tocsc(), rhs, permc_spec="MMD_AT_PLUS_A")
+    x[free] = sol
     return np.clip(x, 0, 1).reshape(h, w).astype(np.float32)
 
 

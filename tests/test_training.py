@@ -308,3 +308,12 @@ def test_superpixel_targets_follow_image_regions_and_feed_training():
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     batch = [make_example([src], rng, 32, synthetic_prob=0.0, superpixel_prob=1.0) for _ in range(2)]
     assert np.isfinite(train_step(net, opt, batch, net.config, rng, steps=2))
+
+
+def test_benchmarks_know_which_weights_saw_the_leave_out_group():
+    from napari_pancakes.training.datasets import LEAVE_OUT, saw_leave_out
+
+    assert saw_leave_out(list(LEAVE_OUT)) == []  # a leave-out run's file
+    assert saw_leave_out("[]") == list(LEAVE_OUT)  # the all-data stage, as a safetensors header stores it
+    assert saw_leave_out(None) == list(LEAVE_OUT)  # no record: assume it saw them
+    assert saw_leave_out(json.dumps(list(LEAVE_OUT[1:]))) == [LEAVE_OUT[0]]

@@ -73,6 +73,22 @@ def _draw_paths(paths, shape) -> np.ndarray:
     return out
 
 
+def _seed_masks(p, n, scribbles, box, shape, to=lambda pts: pts):
+    """(positive, negative) seed masks on a grid of ``shape``: click disks (radius 1.5) and
+    scribbles, the outside of the box negative; ``to`` maps image pixels to the grid."""
+    fg = seed_disks(to(p), shape, 1.5) | _draw_paths([to(pts) for pts, s in scribbles if s], shape)
+    bg = seed_disks(to(n), shape, 1.5) | _draw_paths([to(pts) for pts, s in scribbles if not s], shape)
+    if box is not None:
+        (y0, x0), (y1, x1) = to([box[:2], box[2:]])
+        bg |= box_outside((y0, x0, y1, x1), shape)
+    return fg, bg
+
+
+def _hybrid_lambda(n_prompts: int) -> float:
+    """Weight of the network prior in the hybrid walker after ``n_prompts`` clicks and scribbles."""
+    return max(HYBRID_LAMBDA * HYBRID_DECAY**n_prompts, HYBRID_LAMBDA_MIN)
+
+
 def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarray:
     """``new`` where the mask changed on a ``grid`` x ``grid`` view of both masks (and one grid
     pixel around), ``previous`` elsewhere; both are bool masks of the image's shape."""
@@ -284,7 +300,7 @@ class RefineSession:
             bg = seed_disks(nw, (res, res), 1.0) | smaps[1]
             if box_w is not None:
                 bg |= box_outside(box_w, (res, res))
-            lam = max(HYBRID_LAMBDA * HYBRID_DECAY ** (len(clicks) + len(scribbles)), HYBRID_LAMBDA_MIN)
+            lam = _hybrid_lambda(len(clicks) + len(scribbles))
             prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=lam, beta=HYBRID_BETA)
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
@@ -299,12 +315,8 @@ class RefineSession:
             self._norm = normalize_intensity(self.image).astype(np.float64)
         norm = self._norm if grid == self.shape else resize_image(self._norm, grid).astype(np.float64)
         to_g = lambda pts: [((y + 0.5) * f - 0.5, (x + 0.5) * f - 0.5) for y, x in pts]  # noqa: E731
-        fg = seed_disks(to_g(p), grid, 1.5) | _draw_paths([to_g(pts) for pts, s in scribbles if s], grid)
-        bg = seed_disks(to_g(n), grid, 1.5) | _draw_paths([to_g(pts) for pts, s in scribbles if not s], grid)
-        if box is not None:
-            (y0, x0), (y1, x1) = to_g([box[:2], box[2:]])
-            bg |= box_outside((y0, x0, y1, x1), grid)
-        lam = max(HYBRID_LAMBDA * HYBRID_DECAY ** (len(p) + len(n) + len(scribbles)), HYBRID_LAMBDA_MIN)
+        fg, bg = _seed_masks(p, n, scribbles, box, grid, to_g)
+        lam = _hybrid_lambda(len(p) + len(n) + len(scribbles))
         prior = 1 / (1 + np.exp(-self.refiner.upsample(logits, grid)))
         prob = random_walk(norm, fg, bg, prior=prior, lam=lam, beta=HYBRID_BETA)
         return (prob if grid == self.shape else resize_image(prob, self.shape)) > 0.5
@@ -315,11 +327,9 @@ class RefineSession:
         shape = self.shape
         if not p and not n and not scribbles and box is None:
             return self._initial.mask.copy()
-        fg = seed_disks(p, shape, 1.5) | _draw_paths([pts for pts, s in scribbles if s], shape)
-        bg = seed_disks(n, shape, 1.5) | _draw_paths([pts for pts, s in scribbles if not s], shape)
+        fg, bg = _seed_masks(p, n, scribbles, box, shape)
         prior = None
         if box is not None:
-            bg |= box_outside(box, shape)
             if not fg.any():
                 fg |= seed_disks([((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)], shape, 1.5)
         elif self._mask0 is not None:

@@ -7,9 +7,14 @@
 # run's shipped file (iteration 10,761) with a fresh optimiser (50 warm-up iterations), 8 rounds
 # per example, and holds out no dataset: every 10th subject of every source is validation, and
 # best.safetensors is chosen on those images. Later calls resume from campaign/refiner-all/.
+# OUT and INIT override the folder and the starting file, e.g. the superpixel recipe:
+#   OUT=campaign/refiner-all-superpixel INIT=campaign/refiner-superpixel/best.safetensors \
+#     bash campaign/resume_refiner_all.sh HH:MM --superpixel-prob 0.3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UNTIL="${1:?stop time HH:MM UTC}"; shift || true
-OMP_NUM_THREADS=1 python -m napari_pancakes.training.refiner --out campaign/refiner-all --leave-out "" \
-  --init src/napari_pancakes/weights/refiner_default.safetensors --seed 1 --steps 8 --lr 3e-4 \
+OUT="${OUT:-campaign/refiner-all}"
+INIT="${INIT:-src/napari_pancakes/weights/refiner_default.safetensors}"
+OMP_NUM_THREADS=1 python -m napari_pancakes.training.refiner --out "$OUT" --leave-out "" \
+  --init "$INIT" --seed 1 --steps 8 --lr 3e-4 \
   --minutes 300 --until "$UNTIL" --threads 1 --cache runs/cache "$@"

@@ -149,7 +149,7 @@ class RefineSession:
         self.image = _check_image(image)
         self.shape = self.image.shape
         self._work = refiner.prepare(self.image) if refiner is not None else None
-        self._norm = None  # full-resolution normalised image (classical only)
+        self._norm = None  # full-resolution normalised image (the walkers on the image grid; see _full_norm)
         if initial_mask is not None:
             initial_mask = np.asarray(initial_mask)
             if initial_mask.shape != self.shape:
@@ -311,9 +311,7 @@ class RefineSession:
         h, w = self.shape
         f = min(1.0, IMAGE_GRID_MAX_SIDE / max(h, w))
         grid = (max(2, round(h * f)), max(2, round(w * f)))
-        if self._norm is None:
-            self._norm = normalize_intensity(self.image).astype(np.float64)
-        norm = self._norm if grid == self.shape else resize_image(self._norm, grid).astype(np.float64)
+        norm = self._full_norm() if grid == self.shape else resize_image(self._full_norm(), grid).astype(np.float64)
         to_g = lambda pts: [((y + 0.5) * f - 0.5, (x + 0.5) * f - 0.5) for y, x in pts]  # noqa: E731
         fg, bg = _seed_masks(p, n, scribbles, box, grid, to_g)
         lam = _hybrid_lambda(len(p) + len(n) + len(scribbles))
@@ -321,9 +319,13 @@ class RefineSession:
         prob = random_walk(norm, fg, bg, prior=prior, lam=lam, beta=HYBRID_BETA)
         return (prob if grid == self.shape else resize_image(prob, self.shape)) > 0.5
 
-    def _classical(self, p, n, box, scribbles):
+    def _full_norm(self) -> np.ndarray:
+        """The image normalised at its own resolution (computed on first use, for the walkers)."""
         if self._norm is None:
             self._norm = normalize_intensity(self.image).astype(np.float64)
+        return self._norm
+
+    def _classical(self, p, n, box, scribbles):
         shape = self.shape
         if not p and not n and not scribbles and box is None:
             return self._initial.mask.copy()
@@ -337,4 +339,4 @@ class RefineSession:
         elif not bg.any():
             bg |= border_mask(shape)
         lam = CLASSICAL_PRIOR_LAMBDA if prior is not None else 0.0
-        return random_walk(self._norm, fg, bg, prior=prior, lam=lam) > 0.5
+        return random_walk(self._full_norm(), fg, bg, prior=prior, lam=lam) > 0.5

@@ -317,3 +317,67 @@ def test_benchmarks_know_which_weights_saw_the_leave_out_group():
     assert saw_leave_out("[]") == list(LEAVE_OUT)  # the all-data stage, as a safetensors header stores it
     assert saw_leave_out(None) == list(LEAVE_OUT)  # no record: assume it saw them
     assert saw_leave_out(json.dumps(list(LEAVE_OUT[1:]))) == [LEAVE_OUT[0]]
+
+
+def test_pack_roundtrip_keeps_labels_split_and_images(tmp_path):
+    """The transport pack (for a GPU machine) keeps label maps and the subject split exact, the
+    stack/position/group arrays, and the images within JPEG error."""
+    from napari_pancakes.training.datasets import read_pack, write_pack
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    images = np.stack([np.clip((np.hypot(yy - 20 - i, xx - 30) < 12) * 0.7 + 0.1 + rng.normal(0, 0.02, (64, 64)), 0, 1)
+                       for i in range(6)]).astype(np.float32)
+    labels = (images > 0.4).astype(np.uint8)
+    real = {"discs": RealDataset("discs", images, labels, groups=[np.array([0, 1])], subject=np.array([0, 0, 1, 1, 2, 2])),
+            "slices": RealDataset("slices", images[:4], labels[:4] * 2, eval_group=np.array([0, 1, 1]),
+                                  stack=np.array([0, 0, 1, 1]), position=np.array([3, 4, 3, 4]))}
+    back = read_pack(write_pack(real, tmp_path / "p.npz"))
+    assert list(back) == ["discs", "slices"]
+    for name, ds in real.items():
+        got = back[name]
+        assert got.images.dtype == np.float32 and got.images.shape == ds.images.shape
+        assert np.abs(got.images - ds.images).mean() < 0.02
+        assert np.array_equal(got.labels, ds.labels)
+        assert np.array_equal(got.validation_mask(), ds.validation_mask())
+        assert len(got.groups) == len(ds.groups)
+        for key in ("eval_group", "stack", "position", "subject"):
+            a, b = getattr(ds, key), getattr(got, key)
+            assert (a is None and b is None) or np.array_equal(a, b)
+    assert list(read_pack(tmp_path / "p.npz", names=["slices"])) == ["slices"]
+
+
+def test_example_pool_makes_and_corrects_examples_in_workers():
+    """ExamplePool (a GPU run's simulated user in worker processes) returns full batches, and a
+    round of feedback sets each prior to its logits and adds a correction, like the trainer does."""
+    import types
+
+    import torch
+
+    from napari_pancakes.refine.network import RefinerConfig, RefinerNet
+    from napari_pancakes.training.refiner import ExamplePool, Source, train_step
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:64, 0:64]
+    images = np.stack([(np.hypot(yy - 32, xx - 20 - 4 * i) < 10) * 0.8 + 0.1 for i in range(4)]).astype(np.float32)
+    ds = types.SimpleNamespace(name="discs", images=images, labels=(images > 0.5).astype(np.uint8), groups=[],
+                               validation_mask=lambda: np.array([False, False, False, True]))
+    config = RefinerConfig(resolution=32, features=(8, 8))
+    pool = ExamplePool([Source(ds, 32)], workers=2, r=32, superpixel_prob=0.0)
+    try:
+        batch = pool.batch(5, rng)
+        assert len(batch) == 5 and all(e.target.shape == (32, 32) and e.target.any() for e in batch)
+        x = pool.encode(batch, config)
+        assert x.shape == (5, config.in_channels, 32, 32)
+        logits = np.full((5, 32, 32), -3.0, np.float32)  # predicts nothing: the user must click inside
+        clicks_before = [len(e.pos) + len(e.neg) + sum(m is not None for m in e.smaps) for e in batch]
+        fed, x2 = pool.feed_back(batch, logits, config, rng)
+        assert len(fed) == 5 and x2.shape == x.shape
+        assert all(np.array_equal(e.prior, logits[0]) for e in fed)
+        assert sum(len(e.pos) + len(e.neg) + sum(m is not None for m in e.smaps) for e in fed) > sum(clicks_before)
+        torch.manual_seed(0)
+        net = RefinerNet(config)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        assert np.isfinite(train_step(net, opt, pool.batch(4, rng), config, rng, steps=2, pool=pool))
+    finally:
+        pool.close()

@@ -432,3 +432,62 @@ def validation_sets(real: dict[str, RealDataset], n_per_source: int, s: int = 3,
             sets.append((ds.images[idx], ds.eval_labels(idx).astype(np.int64)))
         out[name] = sets
     return out
+
+
+# --- transport pack: the read datasets in one file small enough to travel to a GPU machine ---
+_PACK_FIELDS = ("eval_group", "stack", "position", "subject")
+
+
+def write_pack(real: dict[str, RealDataset], path: str | Path, quality: int = 85) -> Path:
+    """Write datasets as read by :func:`load_real_datasets` to one .npz (no pickles).
+
+    Why: a lent GPU machine receives at most 64 MiB and cannot reach ``../shared``; the float32
+    cache is ~360 MB. Images become 8-bit JPEG (``quality``; intensities are already in [0, 1]),
+    label maps stay exact (uint8, deflated), and subjects/stacks/groups travel with them so the
+    validation split is the same as from the data root. Read back with :func:`read_pack`.
+    """
+    import io
+
+    from PIL import Image
+
+    arrays: dict[str, np.ndarray] = {"names": np.array(list(real))}
+    for name, ds in real.items():
+        blobs = []
+        for img in ds.images:
+            buf = io.BytesIO()
+            Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+            blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+        arrays[f"{name}/jpeg"] = np.concatenate(blobs)
+        arrays[f"{name}/jpeg_ends"] = np.cumsum([len(b) for b in blobs])
+        arrays[f"{name}/labels"] = ds.labels
+        arrays[f"{name}/n_groups"] = np.array(len(ds.groups))
+        for g, grp in enumerate(ds.groups):
+            arrays[f"{name}/group{g}"] = np.asarray(grp)
+        for key in _PACK_FIELDS:
+            if getattr(ds, key) is not None:
+                arrays[f"{name}/{key}"] = np.asarray(getattr(ds, key))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def read_pack(path: str | Path, names: list[str] | None = None) -> dict[str, RealDataset]:
+    """The datasets of a :func:`write_pack` file (all, or those in ``names``), images as float32."""
+    import io
+
+    from PIL import Image
+
+    out: dict[str, RealDataset] = {}
+    with np.load(path, allow_pickle=False) as npz:
+        for name in (str(n) for n in npz["names"]):
+            if names is not None and name not in names:
+                continue
+            data, ends = npz[f"{name}/jpeg"], npz[f"{name}/jpeg_ends"]
+            starts = np.concatenate([[0], ends[:-1]])
+            images = np.stack([np.asarray(Image.open(io.BytesIO(data[a:b].tobytes())), np.float32) / 255
+                               for a, b in zip(starts, ends)])
+            groups = [npz[f"{name}/group{g}"] for g in range(int(npz[f"{name}/n_groups"]))]
+            extra = {key: npz[f"{name}/{key}"] for key in _PACK_FIELDS if f"{name}/{key}" in npz.files}
+            out[name] = RealDataset(name, images, npz[f"{name}/labels"], groups=groups, **extra)
+    return out

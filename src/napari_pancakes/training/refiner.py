@@ -42,7 +42,7 @@ from ..refine.network import MASK_LOGIT, RefinerConfig, RefinerNet, encode_input
 from ..io_weights import save_weights
 from ..refine.predictor import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT, load_refiner
 from .simulate import dice, next_click
-from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets
+from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets, read_pack, write_pack
 
 STORE = 256  # real data are read at this size and cropped/zoomed to the working resolution
 PANCAKES_MK = (8, 20)
@@ -346,12 +346,18 @@ def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_
         return ex
 
 
-def train_step(net, opt, examples, config, rng, steps: int) -> float:
-    t = torch.from_numpy(np.stack([e.target for e in examples]).astype(np.float32))[:, None]
+def train_step(net, opt, examples, config, rng, steps: int, pool=None) -> float:
+    """Up to ``steps`` rounds of predict -> loss -> simulated correction on one batch.
+
+    On CUDA the forward pass runs in bfloat16 autocast; with ``pool`` (:class:`ExamplePool`) the
+    corrections and input encoding of each round run in its worker processes."""
+    dev = next(net.parameters()).device
+    t = torch.from_numpy(np.stack([e.target for e in examples]).astype(np.float32))[:, None].to(dev)
+    x = np.stack([e.encode(config) for e in examples]) if pool is None else pool.encode(examples, config)
     total = 0.0
     for step in range(steps):
-        x = torch.from_numpy(np.stack([e.encode(config) for e in examples]))
-        logits = net(x)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = net(torch.from_numpy(x).to(dev)).float()
         loss = dice_bce(logits, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -360,11 +366,91 @@ def train_step(net, opt, examples, config, rng, steps: int) -> float:
         total += float(loss.detach())
         if step == steps - 1:
             break
-        lg = logits.detach()[:, 0].numpy()
-        for e, l in zip(examples, lg):
-            e.prior = l.copy()
-            correction(l > 0, e.target, rng, e.pos, e.neg, e.smaps, scribble_prob=0.15)
+        lg = logits.detach()[:, 0].cpu().numpy()
+        if pool is None:
+            for e, l in zip(examples, lg):
+                _feed_back(e, l, rng)
+            x = np.stack([e.encode(config) for e in examples])
+        else:
+            examples, x = pool.feed_back(examples, lg, config, rng)
     return total / steps
+
+
+def _feed_back(e: Example, logits: np.ndarray, rng) -> None:
+    """The previous round's logits become the prior; the simulated user corrects the prediction."""
+    e.prior = logits.copy()
+    correction(logits > 0, e.target, rng, e.pos, e.neg, e.smaps, scribble_prob=0.15)
+
+
+# --- worker processes (a GPU step is faster than one core can simulate the user) --------------
+_WORKER_SOURCES: list = []  # set in the parent before the fork; the workers inherit it
+
+
+def _worker_make(job):
+    seed, n, r, superpixel_prob = job
+    rng = np.random.default_rng(seed)
+    return [make_example(_WORKER_SOURCES, rng, r, superpixel_prob=superpixel_prob) for _ in range(n)]
+
+
+def _worker_feed_back(job):
+    examples, logits, config, seed = job
+    rng = np.random.default_rng(seed)
+    for e, l in zip(examples, logits):
+        _feed_back(e, l, rng)
+    return examples, np.stack([e.encode(config) for e in examples])
+
+
+def _worker_encode(job):
+    examples, config = job
+    return np.stack([e.encode(config) for e in examples])
+
+
+class ExamplePool:
+    """Examples made, corrected and encoded in ``workers`` forked processes.
+
+    Why: on a GPU the network's step takes milliseconds while one core needs ~0.5 s to make a
+    batch of 64 examples and ~0.15 s per round to correct and encode them. The workers inherit
+    the sources at fork (no copy of the image arrays); each job gets a seed drawn from the
+    trainer's generator, so a run is reproducible for a given worker count. The next batch is
+    made while the current one trains."""
+
+    def __init__(self, sources, workers: int, r: int, superpixel_prob: float):
+        import multiprocessing as mp
+
+        global _WORKER_SOURCES
+        _WORKER_SOURCES = sources
+        self.workers, self.r, self.superpixel_prob = workers, r, superpixel_prob
+        self.pool = mp.get_context("fork").Pool(workers)
+        self.pending = None
+
+    def _chunks(self, items):
+        k = -(-len(items) // self.workers)
+        return [items[i:i + k] for i in range(0, len(items), k)]
+
+    def _make_async(self, n, rng):
+        sizes = [len(c) for c in self._chunks(list(range(n)))]
+        jobs = [(int(rng.integers(2**63)), m, self.r, self.superpixel_prob) for m in sizes]
+        return self.pool.map_async(_worker_make, jobs)
+
+    def batch(self, n: int, rng) -> list[Example]:
+        if self.pending is None:
+            self.pending = self._make_async(n, rng)
+        got = [e for part in self.pending.get() for e in part]
+        self.pending = self._make_async(n, rng)
+        return got
+
+    def encode(self, examples, config) -> np.ndarray:
+        return np.concatenate(self.pool.map(_worker_encode, [(c, config) for c in self._chunks(examples)]))
+
+    def feed_back(self, examples, logits, config, rng):
+        chunks = self._chunks(examples)
+        starts = np.cumsum([0] + [len(c) for c in chunks])
+        jobs = [(c, logits[a:a + len(c)], config, int(rng.integers(2**63))) for c, a in zip(chunks, starts)]
+        parts = self.pool.map(_worker_feed_back, jobs)
+        return [e for p in parts for e in p[0]], np.concatenate([p[1] for p in parts])
+
+    def close(self):
+        self.pool.terminate()
 
 
 # --- validation (training sources only) --------------------------------------------------------
@@ -391,6 +477,7 @@ def validation_pairs(sources: list[Source], per_source: int = 6):
 def evaluate(net, config, pairs, n_clicks: int = 5) -> dict:
     """Mean Dice after 1..n simulated clicks from nothing, box + 0..2 clicks, Pancakes label + 1..3 clicks."""
     net.eval()
+    dev = next(net.parameters()).device
 
     def run(img, target, prior, box, n):
         pos, neg, out = [], [], []
@@ -402,8 +489,8 @@ def evaluate(net, config, pairs, n_clicks: int = 5) -> dict:
                     out += [1.0] * (n - c)
                     break
                 (pos if click[1] else neg).append(click[0])
-            x = torch.from_numpy(encode_input(img, pos, neg, prior, config, box=box))[None]
-            prior = net(x)[0, 0].numpy()
+            x = torch.from_numpy(encode_input(img, pos, neg, prior, config, box=box))[None].to(dev)
+            prior = net(x)[0, 0].cpu().numpy()
             pred = prior > 0
             out.append(dice(pred, target))
         return out
@@ -426,12 +513,12 @@ def save_checkpoint(out: Path, net, opt, state: dict):
     """checkpoint.safetensors (model + optimiser tensors) and checkpoint.json (the rest)."""
     from safetensors.torch import save_file
 
-    tensors = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     osd = opt.state_dict()
     for i, s in osd["state"].items():
         for k, v in s.items():
             if torch.is_tensor(v):
-                tensors[f"opt.{i}.{k}"] = v.detach().reshape(v.shape).contiguous().clone()
+                tensors[f"opt.{i}.{k}"] = v.detach().cpu().reshape(v.shape).contiguous().clone()
     tmp = out / "checkpoint.tmp.safetensors"
     save_file(tensors, str(tmp), metadata={"config": json.dumps(net.config.to_dict())})
     meta = dict(state, torch_rng=torch.get_rng_state().tolist(), param_groups=osd["param_groups"])
@@ -490,6 +577,13 @@ def main(argv=None):
     ap.add_argument("--leave-out", default=",".join(LEAVE_OUT),
                     help="comma-separated datasets not read ('' = train on all: the stage that ships, once "
                          "the recipe is settled on the leave-out benchmark)")
+    ap.add_argument("--pack", type=Path, default=None,
+                    help="read the datasets from this write_pack file instead of the data root (a GPU machine)")
+    ap.add_argument("--write-pack", type=Path, default=None, metavar="FILE",
+                    help="only write the datasets (leave-out group included) to FILE for --pack, and exit")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 autocast)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes that make and correct examples (ExamplePool; 0 = in the trainer)")
     ap.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="WEIGHTS",
                     help="only score these refiner files on the run's validation pairs (training sources; "
                          "the Pancakes starts come from the bundled Pancakes weights) and write OUT/evaluate.json")
@@ -525,10 +619,19 @@ def main(argv=None):
     if "np_rng" in state:
         rng.bit_generator.state = state["np_rng"]
 
-    root = data_root(args.data)
+    if args.write_pack:
+        root = data_root(args.data)
+        real = load_real_datasets(folder_names(root), root=root, res=STORE, cache_dir=args.cache, mni=True)
+        log(f"wrote {write_pack(real, args.write_pack)}: {sorted(real)}")
+        return
     leave_out = [n for n in args.leave_out.split(",") if n]
-    names = [n for n in folder_names(root) if n not in leave_out]
-    real = load_real_datasets(names, root=root, res=STORE, cache_dir=args.cache, mni=True)
+    if args.pack:
+        real = {n: ds for n, ds in read_pack(args.pack).items() if n not in leave_out}
+        log(f"datasets from {args.pack}")
+    else:
+        root = data_root(args.data)
+        names = [n for n in folder_names(root) if n not in leave_out]
+        real = load_real_datasets(names, root=root, res=STORE, cache_dir=args.cache, mni=True)
     sources = [Source(ds, r) for name, ds in real.items() if name not in leave_out]
     log(f"sources: {[s.name for s in sources]} (+ synthetic); leave-out not read: {leave_out}")
     compute_pancakes_labels(sources, args.pancakes_per_source, log=log)
@@ -551,6 +654,9 @@ def main(argv=None):
         log(f"best.safetensors on these validation pairs: {again['score']} (recorded: {state['best_score']})")
         state["best_score"] = again["score"]
 
+    pool = ExamplePool(sources, args.workers, r, args.superpixel_prob) if args.workers > 0 else None
+    net.to(args.device)  # after the fork: the workers never touch the GPU
+    opt.load_state_dict(opt.state_dict())  # moves a resumed optimiser's state to the device
     t_start = time.time() - state["elapsed"]
     last_eval = time.time()
     run_loss = []
@@ -564,8 +670,11 @@ def main(argv=None):
         for g in opt.param_groups:
             g["lr"] = lr
         steps = int(rng.integers(1, args.steps + 1))
-        batch = [make_example(sources, rng, r, superpixel_prob=args.superpixel_prob) for _ in range(args.batch)]
-        run_loss.append(train_step(net, opt, batch, config, rng, steps))
+        if pool is None:
+            batch = [make_example(sources, rng, r, superpixel_prob=args.superpixel_prob) for _ in range(args.batch)]
+        else:
+            batch = pool.batch(args.batch, rng)
+        run_loss.append(train_step(net, opt, batch, config, rng, steps, pool))
         state["it"] += 1
         if state["it"] % 25 == 0:
             log(f"it {state['it']} {elapsed / 60:.1f} min lr {lr:.2e} loss {np.mean(run_loss):.4f}")
@@ -575,6 +684,8 @@ def main(argv=None):
             _checkpoint(out, net, opt, state, rng, t_start, val, config, log, leave_out)
             last_eval = time.time()
     _checkpoint(out, net, opt, state, rng, t_start, val, config, log, leave_out, final=True)
+    if pool is not None:
+        pool.close()
     log(f"done: {state['it']} iterations, {(time.time() - t_start) / 60:.1f} min")
 
 

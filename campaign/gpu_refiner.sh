@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Refiner training on a lent GPU machine (the `device` tool), both stages side by side.
+#   here:   python -m napari_pancakes.training.refiner --write-pack devpack/train-256.npz
+#   there:  MINUTES=6.3 bash campaign/gpu_refiner.sh DEST
+# The machine cannot reach ../shared and receives at most 64 MiB, so the datasets travel as one
+# write_pack file (JPEG images, exact labels; ~35 MB) in devpack/ (git-ignored, named in carry).
+# Stage 1 (g1: leave-out group not read) continues the superpixel recipe from its best file, so
+# benchmarks/bench_refine.py can measure it on the leave-out group; stage 2 (g2: all datasets)
+# continues the shipped refiner and is the candidate to ship, chosen on training-source
+# validation back here (training.refiner --evaluate). Each run: batch 64, 7 worker processes
+# (ExamplePool) for the simulated user, bfloat16 autocast; the 16 cores are the bottleneck.
+set -uo pipefail
+DEST="${1:?folder for the results}"
+PACK="${PACK:-devpack/train-256.npz}"
+export PYTHONPATH=src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+nvidia-smi -L || true
+RUN="python3 -m napari_pancakes.training.refiner --pack $PACK --device ${DEVICE:-cuda} --workers ${WORKERS:-7}
+  --batch 64 --steps 8 --lr 6e-4 --superpixel-prob 0.3 --minutes ${MINUTES:-6.3} --eval-every 2 --threads 4 --seed 3"
+$RUN --out runs/gpu-g1 --init campaign/refiner-superpixel/best.safetensors > runs/gpu-g1.txt 2>&1 &
+$RUN --out runs/gpu-g2 --leave-out "" --init src/napari_pancakes/weights/refiner_default.safetensors > runs/gpu-g2.txt 2>&1 &
+wait
+for g in g1 g2; do
+  mkdir -p "$DEST/$g"
+  tail -5 runs/gpu-$g.txt
+  cp runs/gpu-$g/best.safetensors runs/gpu-$g/checkpoint.safetensors runs/gpu-$g/checkpoint.json runs/gpu-$g/log.txt "$DEST/$g/"
+done

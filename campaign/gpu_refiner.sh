@@ -2,6 +2,7 @@
 # Refiner training on a lent GPU machine (the `device` tool), both stages side by side.
 #   here:   python -m napari_pancakes.training.refiner --write-pack devpack/train-256.npz
 #   there:  MINUTES=6.3 bash campaign/gpu_refiner.sh DEST
+#   resume: G1=campaign/refiner-gpu-superpixel G2=campaign/refiner-gpu-all MINUTES=10.5 bash campaign/gpu_refiner.sh DEST
 # The machine cannot reach ../shared and receives at most 64 MiB, so the datasets travel as one
 # write_pack file (JPEG images, exact labels; ~35 MB) in devpack/ (git-ignored, named in carry).
 # Stage 1 (g1: leave-out group not read) continues the superpixel recipe from its best file, so
@@ -16,11 +17,15 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 nvidia-smi -L || true
 RUN="python3 -m napari_pancakes.training.refiner --pack $PACK --device ${DEVICE:-cuda} --workers ${WORKERS:-7}
   --batch 64 --steps 8 --lr 6e-4 --superpixel-prob 0.3 --minutes ${MINUTES:-6.3} --eval-every 2 --threads 4 --seed 3"
-$RUN --out runs/gpu-g1 --init campaign/refiner-superpixel/best.safetensors > runs/gpu-g1.txt 2>&1 &
-$RUN --out runs/gpu-g2 --leave-out "" --init src/napari_pancakes/weights/refiner_default.safetensors > runs/gpu-g2.txt 2>&1 &
+# a folder holding checkpoint.json resumes; MINUTES is the total over all calls (the cosine
+# learning rate runs over it, so a resume continues at the low end unless MINUTES grows a lot)
+G1="${G1:-runs/gpu-g1}"; G2="${G2:-runs/gpu-g2}"
+$RUN --out "$G1" --init campaign/refiner-superpixel/best.safetensors > runs/gpu-g1.txt 2>&1 &
+$RUN --out "$G2" --leave-out "" --init src/napari_pancakes/weights/refiner_default.safetensors > runs/gpu-g2.txt 2>&1 &
 wait
 for g in g1 g2; do
   mkdir -p "$DEST/$g"
   tail -5 runs/gpu-$g.txt
-  cp runs/gpu-$g/best.safetensors runs/gpu-$g/checkpoint.safetensors runs/gpu-$g/checkpoint.json runs/gpu-$g/log.txt "$DEST/$g/"
+  [ $g = g1 ] && dir="$G1" || dir="$G2"
+  cp "$dir"/best.safetensors "$dir"/checkpoint.safetensors "$dir"/checkpoint.json "$dir"/log.txt "$DEST/$g/"
 done

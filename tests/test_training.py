@@ -381,3 +381,23 @@ def test_example_pool_makes_and_corrects_examples_in_workers():
         assert np.isfinite(train_step(net, opt, pool.batch(4, rng), config, rng, steps=2, pool=pool))
     finally:
         pool.close()
+
+
+def test_refiner_validation_scores_a_corrupted_start_the_same_for_every_file():
+    """The checkpoint score counts edits of a corrupted mask (so a file that cannot remove a
+    false region with a negative click is not chosen); the corrupted masks are seeded by the
+    pair, so two calls (two files) meet the same ones."""
+    import torch
+
+    from napari_pancakes.refine.network import RefinerConfig, RefinerNet
+    from napari_pancakes.training.refiner import evaluate, synthetic_example
+
+    rng = np.random.default_rng(3)
+    pairs = [("synthetic", *synthetic_example(rng, 32), None) for _ in range(3)]
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(resolution=32, features=(8, 8)))
+    first, again = evaluate(net, net.config, pairs), evaluate(net, net.config, pairs)
+    assert first == again
+    assert len(first["corrupted"]) == 3 and first["pancakes"] == []
+    parts = [np.mean(first["nothing"]), np.mean(first["box"]), np.mean(first["corrupted"])]
+    assert abs(first["score"] - np.mean(parts)) < 1e-3

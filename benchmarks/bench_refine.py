@@ -14,6 +14,13 @@ Writes ``benchmarks/results/refine.{json,md}`` (``--tag`` adds a suffix).
     OMP_NUM_THREADS=1 python benchmarks/bench_refine.py --data ../shared/data --max-images 12 \\
         --weights runs/refiner-campaign/best.safetensors --pancakes-weights campaign/pancakes/best.safetensors
 
+``--ceiling`` writes only ``refine-ceiling.{json,md}``: what any click model could reach on
+these targets, with no model run. "grid": Dice of the truth after the refiner's 128 x 128
+working grid and back (the cost of the grid); "k components": Dice of the truth's k largest
+connected components, i.e. a perfect user-and-model pair where each click yields one whole
+component (an instance per click). Where a target has many components (all nuclei of an
+image as one label), clicks that each add an instance cannot reach high Dice in a few clicks.
+
 Both models must have held the leave-out group out (their metadata say so; the run refuses
 others): the shipped all-data weights trained on it.
 """
@@ -174,6 +181,29 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ceilings(root, max_images: int | None, cache: Path, grid: int = 128, ks=(1, 3, 5, 10)) -> dict:
+    """Per leave-out dataset: mean Dice (%) after the working grid and back, and of the k
+    largest components of the truth; the median number of components."""
+    from scipy import ndimage as ndi
+
+    from napari_pancakes.preprocess import resize_image
+    from napari_pancakes.training.simulate import dice
+
+    out = {}
+    for name, (_, truths, _) in load_leave_out(root, max_images, cache).items():
+        rows = []
+        for t in truths:
+            back = resize_image(resize_image(t.astype(np.float32), (grid, grid)), t.shape) > 0.5
+            lab, n = ndi.label(t)
+            sizes = np.sort(np.bincount(lab.ravel())[1:])[::-1]
+            rows.append([dice(back, t), n] + [2 * sizes[:k].sum() / (sizes[:k].sum() + t.sum()) for k in ks])
+        rows = np.array(rows, float)
+        out[name] = {"images": len(rows), "grid": round(100 * rows[:, 0].mean(), 1),
+                     "components_median": float(np.median(rows[:, 1])),
+                     **{f"{k}_components": round(100 * rows[:, 2 + i].mean(), 1) for i, k in enumerate(ks)}}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data root (default: $NAPARI_PANCAKES_DATA)")
@@ -189,6 +219,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")
+    ap.add_argument("--ceiling", action="store_true", help="only the reachable-Dice table (no model), refine-ceiling.*")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="a result file whose curves for the same images are reused (for 'classical', which needs no weights)")
     args = ap.parse_args(argv)
@@ -197,8 +228,18 @@ def main(argv=None):
     if data_root(args.data) is None or not data_root(args.data).is_dir():
         print("skip: no data root (--data or $NAPARI_PANCAKES_DATA)", file=sys.stderr)
         return 0
-    res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.ceiling:
+        res = ceilings(data_root(args.data), args.max_images, args.cache)
+        (args.out / "refine-ceiling.json").write_text(json.dumps(res, indent=1))
+        cols = list(next(iter(res.values())))
+        md = "# What clicks could reach on the leave-out targets (no model)\n\nSee `bench_refine.py --ceiling`.\n\n"
+        md += "| dataset | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
+        md += "".join(f"| {n} | " + " | ".join(str(v) for v in r.values()) + " |\n" for n, r in res.items())
+        (args.out / "refine-ceiling.md").write_text(md)
+        print(md)
+        return 0
+    res = run(args)
     stem = "refine" + (f"-{args.tag}" if args.tag else "")
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     md = to_markdown(res)

@@ -353,7 +353,7 @@ def train_step(net, opt, examples, config, rng, steps: int, pool=None) -> float:
     corrections and input encoding of each round run in its worker processes."""
     dev = next(net.parameters()).device
     t = torch.from_numpy(np.stack([e.target for e in examples]).astype(np.float32))[:, None].to(dev)
-    x = np.stack([e.encode(config) for e in examples]) if pool is None else pool.encode(examples, config)
+    x = encode_batch(examples, config) if pool is None else pool.encode(examples, config)
     total = 0.0
     for step in range(steps):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -367,19 +367,21 @@ def train_step(net, opt, examples, config, rng, steps: int, pool=None) -> float:
         if step == steps - 1:
             break
         lg = logits.detach()[:, 0].cpu().numpy()
-        if pool is None:
-            for e, l in zip(examples, lg):
-                _feed_back(e, l, rng)
-            x = np.stack([e.encode(config) for e in examples])
-        else:
-            examples, x = pool.feed_back(examples, lg, config, rng)
+        examples, x = feed_back(examples, lg, config, rng) if pool is None else pool.feed_back(examples, lg, config, rng)
     return total / steps
 
 
-def _feed_back(e: Example, logits: np.ndarray, rng) -> None:
-    """The previous round's logits become the prior; the simulated user corrects the prediction."""
-    e.prior = logits.copy()
-    correction(logits > 0, e.target, rng, e.pos, e.neg, e.smaps, scribble_prob=0.15)
+def encode_batch(examples, config) -> np.ndarray:
+    return np.stack([e.encode(config) for e in examples])
+
+
+def feed_back(examples, logits: np.ndarray, config, rng):
+    """The previous round's logits become each example's prior and the simulated user corrects
+    its prediction; returns the examples and their next input."""
+    for e, l in zip(examples, logits):
+        e.prior = l.copy()
+        correction(l > 0, e.target, rng, e.pos, e.neg, e.smaps, scribble_prob=0.15)
+    return examples, encode_batch(examples, config)
 
 
 # --- worker processes (a GPU step is faster than one core can simulate the user) --------------
@@ -394,15 +396,11 @@ def _worker_make(job):
 
 def _worker_feed_back(job):
     examples, logits, config, seed = job
-    rng = np.random.default_rng(seed)
-    for e, l in zip(examples, logits):
-        _feed_back(e, l, rng)
-    return examples, np.stack([e.encode(config) for e in examples])
+    return feed_back(examples, logits, config, np.random.default_rng(seed))
 
 
 def _worker_encode(job):
-    examples, config = job
-    return np.stack([e.encode(config) for e in examples])
+    return encode_batch(*job)
 
 
 class ExamplePool:

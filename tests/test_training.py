@@ -401,3 +401,22 @@ def test_refiner_validation_scores_a_corrupted_start_the_same_for_every_file():
     assert len(first["corrupted"]) == 3 and first["pancakes"] == []
     parts = [np.mean(first["nothing"]), np.mean(first["box"]), np.mean(first["corrupted"])]
     assert abs(first["score"] - np.mean(parts)) < 1e-3
+
+
+def test_refiner_crops_can_be_inverted():
+    """With invert_prob=1 a bright structure arrives dark (the polarity of an unseen modality may
+    be either), and its target is unchanged."""
+    import types
+
+    from napari_pancakes.training.refiner import Source
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    disk = np.hypot(yy - 32, xx - 32) < 20
+    images = np.stack([np.where(disk, 0.9, 0.1)] * 3).astype(np.float32)
+    ds = types.SimpleNamespace(name="disk", images=images, labels=np.stack([disk.astype(np.uint8)] * 3), groups=[],
+                               validation_mask=lambda: np.array([False, False, True]))
+    src = Source(ds, 32)
+    for invert, brighter_inside in ((0.0, True), (1.0, False)):
+        img, target, _ = src.sample(np.random.default_rng(0), False, invert_prob=invert)
+        assert target.any() and (~target).any()
+        assert (img[target].mean() > img[~target].mean()) == brighter_inside

@@ -101,7 +101,9 @@ def run(args) -> dict:
             raise SystemExit(f"the {what} weights were trained on {saw_leave_out(held)}, which this benchmark "
                              f"holds out: pass {flag} with the leave-out run's file")
     data = load_leave_out(data_root(args.data), args.max_images, args.cache)
-    res = {"weights": str(args.weights or "bundled refiner_default.safetensors"),
+    if args.invert:  # polarity robustness: the same targets with every image's intensities inverted
+        data = {name: (1 - images, truths, idx) for name, (images, truths, idx) in data.items()}
+    res = {"inverted": args.invert, "weights": str(args.weights or "bundled refiner_default.safetensors"),
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
            "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay,
@@ -156,7 +158,8 @@ def to_markdown(res: dict) -> str:
              f"(the mean row: mean over datasets). NoC@X: clicks to reach Dice X% (capped at {n}). (c): Dice at 0 is "
              f"after the box alone. Refiner weights: {res['weights']} ({meta.get('iterations', '?')} iterations, "
              f"{meta.get('train_minutes', '?')} min). Pancakes weights for (b): step {res.get('pancakes_weights_steps', '?')}. CPU: {res['cpu_count']} cores, 1 torch thread, load average "
-             f"{res['load_average_1min_end']} at the end.", ""]
+             f"{res['load_average_1min_end']} at the end."
+             + (" **Every image inverted (1 - intensity).**" if res.get("inverted") else ""), ""]
     cols = " | ".join(str(i) for i in range(n + 1))
     for mode in MODES:
         lines += [f"## {MODE_NAMES[mode]}", "", f"| dataset | method | {cols} | NoC@85 | NoC@90 | ms/prompt |",
@@ -219,6 +222,8 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")
+    ap.add_argument("--invert", action="store_true",
+                    help="invert every image's intensities (1 - x): is the model robust to a modality's polarity?")
     ap.add_argument("--ceiling", action="store_true", help="only the reachable-Dice table (no model), refine-ceiling.*")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="a result file whose curves for the same images are reused (for 'classical', which needs no weights)")

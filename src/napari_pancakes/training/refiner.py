@@ -146,8 +146,10 @@ class Source:
         """(image, target, pancakes labels or None) at working size, augmented; a crop's target is
         a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``; the
         image is inverted (1 - intensity) with probability ``invert_prob``: the same structure can
-        be bright in one modality and dark in another (a model trained on one polarity answered
-        duke_oct's fluid at 28 Dice after 5 clicks as is and 46 inverted)."""
+        be bright in one modality and dark in another. Trained without it, the stage-1 GPU file
+        reaches 43.4 Dice on duke_oct's fluid after 5 clicks, 57.4 with every image inverted, and
+        on monuseg after a box 57.7 as is, 4.5 inverted (benchmarks/results/refine-gpu-superpixel.md
+        and refine-gpu-superpixel-inverted.md, ``bench_refine.py --invert``)."""
         r = self.r
         for _ in range(20):
             if with_pancakes and self.pancakes:

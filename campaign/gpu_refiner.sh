@@ -10,18 +10,22 @@
 # continues the shipped refiner and is the candidate to ship, chosen on training-source
 # validation back here (training.refiner --evaluate). Each run: batch 64, 7 worker processes
 # (ExamplePool) for the simulated user, bfloat16 autocast; the 16 cores are the bottleneck.
+# INIT1/INIT2 choose the starting files, EXTRA adds trainer flags (e.g. EXTRA='--invert-prob 0.3').
+# A folder (G1/G2) holding checkpoint.json resumes; MINUTES is the total over all calls (the
+# cosine learning rate runs over it, so a resume continues at the low end unless MINUTES grows).
+# Size: the tracked tree travels too (64 MiB with the pack). Move the checkpoints the call does
+# not need (campaign/pancakes*/last|best_state, the CPU runs' checkpoint.safetensors) out of the
+# tree for the call and back afterwards; git status shows them as deleted meanwhile.
 set -uo pipefail
 DEST="${1:?folder for the results}"
 PACK="${PACK:-devpack/train-256.npz}"
 export PYTHONPATH=src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 nvidia-smi -L || true
 RUN="python3 -m napari_pancakes.training.refiner --pack $PACK --device ${DEVICE:-cuda} --workers ${WORKERS:-7}
-  --batch 64 --steps 8 --lr 6e-4 --superpixel-prob 0.3 --minutes ${MINUTES:-6.3} --eval-every 2 --threads 4 --seed 3"
-# a folder holding checkpoint.json resumes; MINUTES is the total over all calls (the cosine
-# learning rate runs over it, so a resume continues at the low end unless MINUTES grows a lot)
+  --batch 64 --steps 8 --lr 6e-4 --superpixel-prob 0.3 --minutes ${MINUTES:-6.3} --eval-every 2 --threads 4 --seed 3 ${EXTRA:-}"
 G1="${G1:-runs/gpu-g1}"; G2="${G2:-runs/gpu-g2}"
-$RUN --out "$G1" --init campaign/refiner-superpixel/best.safetensors > runs/gpu-g1.txt 2>&1 &
-$RUN --out "$G2" --leave-out "" --init src/napari_pancakes/weights/refiner_default.safetensors > runs/gpu-g2.txt 2>&1 &
+$RUN --out "$G1" --init "${INIT1:-campaign/refiner-superpixel/best.safetensors}" > runs/gpu-g1.txt 2>&1 &
+$RUN --out "$G2" --leave-out "" --init "${INIT2:-src/napari_pancakes/weights/refiner_default.safetensors}" > runs/gpu-g2.txt 2>&1 &
 wait
 for g in g1 g2; do
   mkdir -p "$DEST/$g"

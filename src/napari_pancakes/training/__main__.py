@@ -1,4 +1,4 @@
-"""Command line: ``python -m napari_pancakes.training {train,export,evaluate} ...``
+"""Command line: ``python -m napari_pancakes.training {train,export,evaluate,curve,pack} ...``
 (also installed as ``napari-pancakes-train``)."""
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", default=d.cache_dir)
     t.add_argument("--features", type=int, default=d.features, help="U-Net width of a new model (paper: 32)")
     t.add_argument("--no-mni", dest="mni", action="store_false", help="leave out the nilearn MNI152 slices")
+    t.add_argument("--pack", default=d.pack, help="read the datasets from this `pack` file (at 128 px) instead")
 
     e = sub.add_parser("export", help="write a checkpoint's model as safetensors")
     e.add_argument("checkpoint", type=Path)
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("curve", help="plot a run's training loss and validation Set Dice")
     c.add_argument("run", type=Path)
     c.add_argument("out", type=Path)
+
+    k = sub.add_parser("pack", help="write every dataset of the data root (and MNI152) to one file for a GPU machine")
+    k.add_argument("out", type=Path)
+    k.add_argument("--res", type=int, default=128, help="128 for `train --pack`, 256 for the refiner's --pack")
+    k.add_argument("--data-root", default=None, help="dataset folder (default: $NAPARI_PANCAKES_DATA)")
+    k.add_argument("--cache-dir", default="runs/cache")
     return p
 
 
@@ -96,6 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         from .curve import plot_training_curve
 
         print(plot_training_curve(args.run, args.out))
+    elif args.command == "pack":
+        from .datasets import load_real_datasets, write_pack
+
+        real = load_real_datasets(root=args.data_root, res=args.res, cache_dir=Path(args.cache_dir), mni=True)
+        print(write_pack(real, args.out), sorted(real))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from ..refine.network import MASK_LOGIT, RefinerConfig, RefinerNet, encode_input
 from ..io_weights import save_weights
 from ..refine.predictor import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT, load_refiner
 from .simulate import dice, next_click
-from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets, read_pack, write_pack
+from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets, read_pack
 
 STORE = 256  # real data are read at this size and cropped/zoomed to the working resolution
 PANCAKES_MK = (8, 20)
@@ -595,9 +595,8 @@ def main(argv=None):
                     help="comma-separated datasets not read ('' = train on all: the stage that ships, once "
                          "the recipe is settled on the leave-out benchmark)")
     ap.add_argument("--pack", type=Path, default=None,
-                    help="read the datasets from this write_pack file instead of the data root (a GPU machine)")
-    ap.add_argument("--write-pack", type=Path, default=None, metavar="FILE",
-                    help="only write the datasets (leave-out group included) to FILE for --pack, and exit")
+                    help="read the datasets from this file (python -m napari_pancakes.training pack --res 256) "
+                         "instead of the data root (a GPU machine)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 autocast)")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes that make and correct examples (ExamplePool; 0 = in the trainer)")
@@ -637,11 +636,6 @@ def main(argv=None):
     if "np_rng" in state:
         rng.bit_generator.state = state["np_rng"]
 
-    if args.write_pack:
-        root = data_root(args.data)
-        real = load_real_datasets(folder_names(root), root=root, res=STORE, cache_dir=args.cache, mni=True)
-        log(f"wrote {write_pack(real, args.write_pack)}: {sorted(real)}")
-        return
     leave_out = [n for n in args.leave_out.split(",") if n]
     if args.pack:
         real = {n: ds for n, ds in read_pack(args.pack).items() if n not in leave_out}

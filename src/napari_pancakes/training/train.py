@@ -29,7 +29,7 @@ from torch import nn
 from ..io_weights import load_checkpoint, save_checkpoint, save_weights
 from ..metrics import set_dice
 from ..model import Pancakes, PancakesConfig
-from .datasets import LEAVE_OUT, SetSampler, load_real_datasets, split_validation, validation_sets
+from .datasets import LEAVE_OUT, SetSampler, load_real_datasets, read_pack, split_validation, validation_sets
 from .loss import best_pair_loss, best_protocol_partition_loss, feature_spread
 
 VAL_M, VAL_K = 8, 20
@@ -70,6 +70,7 @@ class TrainConfig:
     data_root: str = ""  # "" -> $NAPARI_PANCAKES_DATA (see datasets.data_root)
     cache_dir: str = "runs/cache"
     mni: bool = True
+    pack: str = ""  # a write_pack file at 128 px instead of the data root (a lent GPU machine)
     features: int = 32  # U-Net width (PancakesConfig.features); saved with the weights
 
 
@@ -244,7 +245,10 @@ def train(cfg: TrainConfig) -> dict:
         with (out / "log.txt").open("a") as fh:
             fh.write(line + "\n")
 
-    real = load_real_datasets(root=cfg.data_root or None, cache_dir=Path(cfg.cache_dir), mni=cfg.mni)
+    if cfg.pack:
+        real = read_pack(cfg.pack)
+    else:
+        real = load_real_datasets(root=cfg.data_root or None, cache_dir=Path(cfg.cache_dir), mni=cfg.mni)
     held = {k: v for k, v in real.items() if k in cfg.holdout}
     train_real, val_real = split_validation({k: v for k, v in real.items() if k not in cfg.holdout})
     sampler = SetSampler(train_real, cfg.synthetic_ratio, pseudo_ratio=cfg.pseudo_ratio)

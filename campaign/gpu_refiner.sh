@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refiner training on a lent GPU machine (the `device` tool), both stages side by side.
-#   here:   python -m napari_pancakes.training pack --res 256 devpack/train-256.npz
+#   here:   python -m napari_pancakes.training pack --res 256 devpack/train-256.npz  (--overwrite to redo)
 #   there:  MINUTES=6.3 bash campaign/gpu_refiner.sh DEST
 #   resume: G1=campaign/refiner-gpu-superpixel G2=campaign/refiner-gpu-all MINUTES=10.5 bash campaign/gpu_refiner.sh DEST
 # The machine cannot reach ../shared and receives at most 64 MiB, so the datasets travel as one

@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--res", type=int, default=128, help="128 for `train --pack`, 256 for the refiner's --pack")
     k.add_argument("--data-root", default=None, help="dataset folder (default: $NAPARI_PANCAKES_DATA)")
     k.add_argument("--cache-dir", default="runs/cache")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     return p
 
 
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "pack":
         from .datasets import load_real_datasets, write_pack
 
+        if args.out.exists() and not args.overwrite:
+            raise SystemExit(f"{args.out} exists; pass --overwrite to replace it")
         real = load_real_datasets(root=args.data_root, res=args.res, cache_dir=Path(args.cache_dir), mni=True)
         print(write_pack(real, args.out), sorted(real))
 

@@ -319,6 +319,11 @@ class Example:
                             pos_map=self.smaps[0], neg_map=self.smaps[1])
 
 
+def mask_prior(mask: np.ndarray) -> np.ndarray:
+    """A starting mask as the prior-logits channel (+-MASK_LOGIT), as the predictor feeds one."""
+    return np.where(mask, MASK_LOGIT, -MASK_LOGIT).astype(np.float32)
+
+
 def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_prob: float = 0.0,
                  invert_prob: float = 0.0) -> Example:
     while True:
@@ -338,7 +343,7 @@ def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_
         elif rng.random() < 0.3:
             start = corrupt_mask(target, rng)
         if start is not None:
-            ex.prior = np.where(start, MASK_LOGIT, -MASK_LOGIT).astype(np.float32)
+            ex.prior = mask_prior(start)
             if rng.random() < 0.8:
                 correction(start, target, rng, ex.pos, ex.neg, ex.smaps, scribble_prob=0.25)
         else:
@@ -508,13 +513,12 @@ def evaluate(net, config, pairs, n_clicks: int = 5) -> dict:
         return out
 
     a, b, c, d = [], [], [], []
-    as_prior = lambda m: np.where(m, MASK_LOGIT, -MASK_LOGIT).astype(np.float32)  # noqa: E731
     for j, (_, img, target, pstart) in enumerate(pairs):
         a.append(run(img, target, None, None, n_clicks))
-        d.append(run(img, target, as_prior(corrupt_mask(target, np.random.default_rng(j))), None, 3))
+        d.append(run(img, target, mask_prior(corrupt_mask(target, np.random.default_rng(j))), None, 3))
         b.append(run(img, target, None, simulate_box(target, None), 3))
         if pstart is not None:
-            c.append(run(img, target, as_prior(pstart), None, 3))
+            c.append(run(img, target, mask_prior(pstart), None, 3))
     net.train()
     res = {"nothing": np.round(np.mean(a, 0), 4).tolist(), "box": np.round(np.mean(b, 0), 4).tolist(),
            "pancakes": np.round(np.mean(c, 0), 4).tolist() if c else [],
@@ -638,7 +642,7 @@ def main(argv=None):
 
     leave_out = [n for n in args.leave_out.split(",") if n]
     if args.pack:
-        real = {n: ds for n, ds in read_pack(args.pack).items() if n not in leave_out}
+        real = read_pack(args.pack)  # all datasets; the leave-out group is dropped below, as for the data root
         log(f"datasets from {args.pack}")
     else:
         root = data_root(args.data)

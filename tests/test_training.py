@@ -310,6 +310,33 @@ def test_superpixel_targets_follow_image_regions_and_feed_training():
     assert np.isfinite(train_step(net, opt, batch, net.config, rng, steps=2))
 
 
+def test_similar_region_targets_take_every_instance_alike():
+    """A many-instance target (similar_regions_target) is several of the image's own blobs that look
+    alike: on an image of bright discs and a dim disc, every target lies on the bright discs (never
+    the background between them or the dim disc) and has at least three of them; an image with no
+    blobs gives none."""
+    from scipy import ndimage as ndi
+
+    from napari_pancakes.training.refiner import similar_regions_target
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128]
+    img = np.full((128, 128), 0.15, np.float32)
+    bright = np.zeros((128, 128), bool)
+    for y, x in [(20, 20), (20, 70), (60, 40), (100, 20), (100, 100), (60, 105)]:
+        bright |= np.hypot(yy - y, xx - x) < 6
+    img[bright] = 0.8
+    img[np.hypot(yy - 60, xx - 75) < 6] = 0.45  # a dim disc: not like the others
+    img += rng.normal(0, 0.01, img.shape).astype(np.float32)
+    got = [similar_regions_target(np.clip(img, 0, 1), rng) for _ in range(30)]
+    got = [t for t in got if t is not None]
+    assert len(got) >= 10
+    for t in got:
+        assert not (t & ~ndi.binary_dilation(bright, iterations=2)).any()
+        assert ndi.label(t)[1] >= 3
+    assert similar_regions_target(np.full((64, 64), 0.5, np.float32), rng) is None
+
+
 def test_benchmarks_know_which_weights_saw_the_leave_out_group():
     from napari_pancakes.training.datasets import LEAVE_OUT, saw_leave_out
 
@@ -345,6 +372,7 @@ def test_pack_roundtrip_keeps_labels_split_and_images(tmp_path):
             a, b = getattr(ds, key), getattr(got, key)
             assert (a is None and b is None) or np.array_equal(a, b)
     assert list(read_pack(tmp_path / "p.npz", names=["slices"])) == ["slices"]
+    assert "slices" not in read_pack(tmp_path / "p.npz", exclude=["slices"])
 
 
 def test_example_pool_makes_and_corrects_examples_in_workers():
@@ -355,7 +383,7 @@ def test_example_pool_makes_and_corrects_examples_in_workers():
     import torch
 
     from napari_pancakes.refine.network import RefinerConfig, RefinerNet
-    from napari_pancakes.training.refiner import ExamplePool, Source, train_step
+    from napari_pancakes.training.refiner import ExamplePool, Source, encode_batch, train_step
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:64, 0:64]
@@ -363,12 +391,12 @@ def test_example_pool_makes_and_corrects_examples_in_workers():
     ds = types.SimpleNamespace(name="discs", images=images, labels=(images > 0.5).astype(np.uint8), groups=[],
                                validation_mask=lambda: np.array([False, False, False, True]))
     config = RefinerConfig(resolution=32, features=(8, 8))
-    pool = ExamplePool([Source(ds, 32)], workers=2, r=32, superpixel_prob=0.0)
+    pool = ExamplePool([Source(ds, 32)], workers=2, config=config, superpixel_prob=0.0)
     try:
-        batch = pool.batch(5, rng)
+        batch, x = pool.batch(5, rng)
         assert len(batch) == 5 and all(e.target.shape == (32, 32) and e.target.any() for e in batch)
-        x = pool.encode(batch, config)
         assert x.shape == (5, config.in_channels, 32, 32)
+        assert np.array_equal(x, encode_batch(batch, config))  # the worker's encoding is the trainer's
         logits = np.full((5, 32, 32), -3.0, np.float32)  # predicts nothing: the user must click inside
         clicks_before = [len(e.pos) + len(e.neg) + sum(m is not None for m in e.smaps) for e in batch]
         fed, x2 = pool.feed_back(batch, logits, config, rng)
@@ -378,7 +406,8 @@ def test_example_pool_makes_and_corrects_examples_in_workers():
         torch.manual_seed(0)
         net = RefinerNet(config)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-        assert np.isfinite(train_step(net, opt, pool.batch(4, rng), config, rng, steps=2, pool=pool))
+        batch, x = pool.batch(4, rng)
+        assert np.isfinite(train_step(net, opt, batch, config, rng, steps=2, pool=pool, x=x))
     finally:
         pool.close()
 

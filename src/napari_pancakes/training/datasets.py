@@ -472,8 +472,9 @@ def write_pack(real: dict[str, RealDataset], path: str | Path, quality: int = 85
     return path
 
 
-def read_pack(path: str | Path, names: list[str] | None = None) -> dict[str, RealDataset]:
-    """The datasets of a :func:`write_pack` file (all, or those in ``names``), images as float32."""
+def read_pack(path: str | Path, names: list[str] | None = None, exclude=()) -> dict[str, RealDataset]:
+    """The datasets of a :func:`write_pack` file (all, or those in ``names``; none in ``exclude``,
+    which are not decoded), images as float32."""
     import io
 
     from PIL import Image
@@ -481,7 +482,7 @@ def read_pack(path: str | Path, names: list[str] | None = None) -> dict[str, Rea
     out: dict[str, RealDataset] = {}
     with np.load(path, allow_pickle=False) as npz:
         for name in (str(n) for n in npz["names"]):
-            if names is not None and name not in names:
+            if (names is not None and name not in names) or name in exclude:
                 continue
             data, ends = npz[f"{name}/jpeg"], npz[f"{name}/jpeg_ends"]
             starts = np.concatenate([[0], ends[:-1]])

@@ -123,6 +123,44 @@ def superpixel_target(img: np.ndarray, rng: np.random.Generator, min_px: int = 1
     return target
 
 
+def similar_regions_target(img: np.ndarray, rng: np.random.Generator, min_px: int = 12,
+                           max_share: float = 0.5) -> np.ndarray | None:
+    """A many-instance target from the image alone: every compact, instance-sized Felzenszwalb region whose
+    mean and spread of intensity and whose size are close to those of one seed region and that stand
+    out from their surroundings ("all the things like this one"), at least three regions; None when
+    the crop has no such group.
+
+    Why: a target such as all nuclei of a stain that no training dataset has (monuseg's H&E, median
+    82 components) needs one click to mean "all of these"; the leave-out group shows the model
+    learns that for the stains it saw but not beyond (benchmarks/results/refine-ceiling.md).
+    Single-region superpixel targets (:func:`superpixel_target`) teach the opposite."""
+    from skimage.segmentation import felzenszwalb
+
+    seg = felzenszwalb(img, scale=float(np.exp(rng.uniform(np.log(8), np.log(120)))),
+                       sigma=float(rng.uniform(0.3, 1.0)), min_size=int(rng.integers(6, 30)))
+    counts = np.bincount(seg.ravel()).astype(np.float64)
+    mean = np.bincount(seg.ravel(), img.ravel()) / np.maximum(counts, 1)
+    std = np.sqrt(np.maximum(np.bincount(seg.ravel(), img.ravel() ** 2) / np.maximum(counts, 1) - mean**2, 0))
+    boxes = ndi.find_objects(seg + 1)  # region v's bounding box is boxes[v]
+    hw = np.array([(b[0].stop - b[0].start, b[1].stop - b[1].start) if b else (1, 1) for b in boxes], np.float64)
+    compact = ((counts / hw.prod(1) > 0.4)  # blobs, not rings
+               & (hw.min(1) / hw.max(1) > 0.25))  # nor strips along an edge
+    surround = np.bincount(seg.ravel(), ndi.uniform_filter(img, 15).ravel()) / np.maximum(counts, 1)
+    stands_out = ((np.abs(mean - surround) > 0.06)  # an instance differs from its neighbourhood
+                  & (np.abs(mean - np.median(img)) > 0.1))  # and is not background between instances
+    sized = compact & stands_out & (counts >= min_px) & (counts <= 0.04 * seg.size)
+    if sized.sum() < 3:
+        return None
+    seed = rng.choice(np.flatnonzero(sized))
+    tol = rng.uniform(0.03, 0.12)
+    like = (sized & (np.abs(mean - mean[seed]) < tol) & (np.abs(std - std[seed]) < tol)
+            & (counts > counts[seed] / 4) & (counts < counts[seed] * 4))
+    if like.sum() < 3:
+        return None
+    target = like[seg]
+    return target if 0.01 <= target.mean() <= max_share else None
+
+
 class Source:
     """One real dataset: training/validation indices, optional Pancakes labels at working size."""
 
@@ -142,9 +180,11 @@ class Source:
         sel = np.minimum((np.arange(self.r) * step + step / 2).astype(int), lab.shape[0] - 1)
         return img, lab[np.ix_(sel, sel)]
 
-    def sample(self, rng, with_pancakes: bool, superpixel_prob: float = 0.0, invert_prob: float = 0.0):
+    def sample(self, rng, with_pancakes: bool, superpixel_prob: float = 0.0, invert_prob: float = 0.0,
+               similar_prob: float = 0.0):
         """(image, target, pancakes labels or None) at working size, augmented; a crop's target is
-        a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``; the
+        a group of similar regions (:func:`similar_regions_target`) with probability ``similar_prob``,
+        else a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``; the
         image is inverted (1 - intensity) with probability ``invert_prob``: the same structure can
         be bright in one modality and dark in another. Trained without it, the stage-1 GPU file
         reaches 43.4 Dice on duke_oct's fluid after 5 clicks, 57.4 with every image inverted, and
@@ -168,7 +208,10 @@ class Source:
                 lab = self.labels[i, y0:y0 + s, x0:x0 + s][np.ix_(sel, sel)]
                 pan = None
             target = None
-            if pan is None and rng.random() < superpixel_prob:
+            u = rng.random() if pan is None else 1.0
+            if u < similar_prob:
+                target = similar_regions_target(np.clip(img, 0, 1), rng)
+            elif u < similar_prob + superpixel_prob:
                 target = superpixel_target(np.clip(img, 0, 1), rng)
             if target is None:
                 target = pick_target(rng, lab, self.groups, min_px=12)
@@ -325,14 +368,14 @@ def mask_prior(mask: np.ndarray) -> np.ndarray:
 
 
 def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_prob: float = 0.0,
-                 invert_prob: float = 0.0) -> Example:
+                 invert_prob: float = 0.0, similar_prob: float = 0.0) -> Example:
     while True:
         pan_mode = rng.random() < 0.3
         if rng.random() < synthetic_prob or not sources:
             img, target = synthetic_example(rng, r)
             pan = None
         else:
-            got = sources[rng.integers(len(sources))].sample(rng, pan_mode, superpixel_prob, invert_prob)
+            got = sources[rng.integers(len(sources))].sample(rng, pan_mode, superpixel_prob, invert_prob, similar_prob)
             if got is None:
                 continue
             img, target, pan = got
@@ -359,14 +402,15 @@ def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_
         return ex
 
 
-def train_step(net, opt, examples, config, rng, steps: int, pool=None) -> float:
+def train_step(net, opt, examples, config, rng, steps: int, pool=None, x=None) -> float:
     """Up to ``steps`` rounds of predict -> loss -> simulated correction on one batch.
 
     On CUDA the forward pass runs in bfloat16 autocast; with ``pool`` (:class:`ExamplePool`) the
-    corrections and input encoding of each round run in its worker processes."""
+    corrections and input encoding of each round run in its worker processes. ``x``: the batch's
+    first input when already encoded (:meth:`ExamplePool.batch` encodes where it makes)."""
     dev = next(net.parameters()).device
     t = torch.from_numpy(np.stack([e.target for e in examples]).astype(np.float32))[:, None].to(dev)
-    x = encode_batch(examples, config) if pool is None else pool.encode(examples, config)
+    x = encode_batch(examples, config) if x is None else x
     total = 0.0
     for step in range(steps):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -402,18 +446,15 @@ _WORKER_SOURCES: list = []  # set in the parent before the fork; the workers inh
 
 
 def _worker_make(job):
-    seed, n, r, options = job
+    seed, n, config, options = job
     rng = np.random.default_rng(seed)
-    return [make_example(_WORKER_SOURCES, rng, r, **options) for _ in range(n)]
+    examples = [make_example(_WORKER_SOURCES, rng, config.resolution, **options) for _ in range(n)]
+    return examples, encode_batch(examples, config)
 
 
 def _worker_feed_back(job):
     examples, logits, config, seed = job
     return feed_back(examples, logits, config, np.random.default_rng(seed))
-
-
-def _worker_encode(job):
-    return encode_batch(*job)
 
 
 class ExamplePool:
@@ -425,13 +466,13 @@ class ExamplePool:
     trainer's generator, so a run is reproducible for a given worker count. The next batch is
     made while the current one trains."""
 
-    def __init__(self, sources, workers: int, r: int, **options):
-        """``options``: keyword arguments of :func:`make_example` (superpixel_prob, invert_prob)."""
+    def __init__(self, sources, workers: int, config, **options):
+        """``options``: keyword arguments of :func:`make_example` (superpixel_prob, invert_prob, similar_prob)."""
         import multiprocessing as mp
 
         global _WORKER_SOURCES
         _WORKER_SOURCES = sources
-        self.workers, self.r, self.options = workers, r, options
+        self.workers, self.config, self.options = workers, config, options
         self.pool = mp.get_context("fork").Pool(workers)
         self.pending = None
 
@@ -441,18 +482,16 @@ class ExamplePool:
 
     def _make_async(self, n, rng):
         sizes = [len(c) for c in self._chunks(list(range(n)))]
-        jobs = [(int(rng.integers(2**63)), m, self.r, self.options) for m in sizes]
+        jobs = [(int(rng.integers(2**63)), m, self.config, self.options) for m in sizes]
         return self.pool.map_async(_worker_make, jobs)
 
-    def batch(self, n: int, rng) -> list[Example]:
+    def batch(self, n: int, rng) -> tuple[list[Example], np.ndarray]:
+        """``n`` new examples and their first input (encoded by the worker that made them)."""
         if self.pending is None:
             self.pending = self._make_async(n, rng)
-        got = [e for part in self.pending.get() for e in part]
+        parts = self.pending.get()
         self.pending = self._make_async(n, rng)
-        return got
-
-    def encode(self, examples, config) -> np.ndarray:
-        return np.concatenate(self.pool.map(_worker_encode, [(c, config) for c in self._chunks(examples)]))
+        return [e for p in parts for e in p[0]], np.concatenate([p[1] for p in parts])
 
     def feed_back(self, examples, logits, config, rng):
         chunks = self._chunks(examples)
@@ -593,6 +632,9 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=float, default=10.0, help="minutes between validation + checkpoint")
     ap.add_argument("--superpixel-prob", type=float, default=0.0,
                     help="share of real crops whose target is a superpixel region (superpixel_target)")
+    ap.add_argument("--similar-prob", type=float, default=0.0,
+                    help="share of real crops whose target is every region like one seed region "
+                         "(similar_regions_target: one click may mean all instances)")
     ap.add_argument("--invert-prob", type=float, default=0.0,
                     help="share of real crops whose intensities are inverted (Source.sample)")
     ap.add_argument("--leave-out", default=",".join(LEAVE_OUT),
@@ -642,7 +684,7 @@ def main(argv=None):
 
     leave_out = [n for n in args.leave_out.split(",") if n]
     if args.pack:
-        real = read_pack(args.pack)  # all datasets; the leave-out group is dropped below, as for the data root
+        real = read_pack(args.pack, exclude=leave_out)
         log(f"datasets from {args.pack}")
     else:
         root = data_root(args.data)
@@ -671,8 +713,9 @@ def main(argv=None):
         state["best_score"] = again["score"]
 
     run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device}  # into best.safetensors
-    options = {"superpixel_prob": args.superpixel_prob, "invert_prob": args.invert_prob}  # make_example's
-    pool = ExamplePool(sources, args.workers, r, **options) if args.workers > 0 else None
+    options = {"superpixel_prob": args.superpixel_prob, "invert_prob": args.invert_prob,
+               "similar_prob": args.similar_prob}  # make_example's
+    pool = ExamplePool(sources, args.workers, config, **options) if args.workers > 0 else None
     net.to(args.device)  # after the fork: the workers never touch the GPU
     opt.load_state_dict(opt.state_dict())  # moves a resumed optimiser's state to the device
     t_start = time.time() - state["elapsed"]
@@ -689,10 +732,10 @@ def main(argv=None):
             g["lr"] = lr
         steps = int(rng.integers(1, args.steps + 1))
         if pool is None:
-            batch = [make_example(sources, rng, r, **options) for _ in range(args.batch)]
+            batch, x = [make_example(sources, rng, r, **options) for _ in range(args.batch)], None
         else:
-            batch = pool.batch(args.batch, rng)
-        run_loss.append(train_step(net, opt, batch, config, rng, steps, pool))
+            batch, x = pool.batch(args.batch, rng)
+        run_loss.append(train_step(net, opt, batch, config, rng, steps, pool, x))
         state["it"] += 1
         if state["it"] % 25 == 0:
             log(f"it {state['it']} {elapsed / 60:.1f} min lr {lr:.2e} loss {np.mean(run_loss):.4f}")

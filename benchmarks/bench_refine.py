@@ -14,6 +14,9 @@ Writes ``benchmarks/results/refine.{json,md}`` (``--tag`` adds a suffix).
     OMP_NUM_THREADS=1 python benchmarks/bench_refine.py --data ../shared/data --max-images 12 \\
         --weights runs/refiner-campaign/best.safetensors --pancakes-weights campaign/pancakes/best.safetensors
 
+``--sizes`` writes only ``refine-sizes[-TAG].{json,md}`` (:func:`size_fidelity`: one click on
+synthetic discs of radius 2-40 px; no data needed).
+
 ``--ceiling`` writes only ``refine-ceiling.{json,md}``: what any click model could reach on
 these targets, with no model run. "grid": Dice of the truth after the refiner's 128 x 128
 working grid and back (the cost of the grid); "k components": Dice of the truth's k largest
@@ -207,6 +210,67 @@ def ceilings(root, max_images: int | None, cache: Path, grid: int = 128, ks=(1, 
     return out
 
 
+SIZE_RADII = (2, 3, 4, 6, 8, 12, 20, 40)
+
+
+def size_fidelity(weights, methods, radii=SIZE_RADII, side: int = 256) -> dict:
+    """Does one click on a clearly bounded disc give that disc, whatever its size?
+
+    Synthetic 256 px images (no data needed): a disc of each radius, bright on dark and dark on
+    bright, on a flat or a smoothly textured background with noise, at three places; one click at
+    its centre. Per radius and method: the median of predicted area / disc area and the mean Dice.
+    A network that learnt a smallest object size instead of following edges answers a small disc
+    with a blob many times its area, where the classical walker follows the edge."""
+    import torch
+    from scipy import ndimage as ndi
+
+    from napari_pancakes.refine import load_refiner
+    from napari_pancakes.refine.session import RefineSession
+    from napari_pancakes.training.simulate import dice
+
+    torch.set_num_threads(1)
+    refiner = load_refiner(weights, device="cpu")
+    yy, xx = np.mgrid[0:side, 0:side]
+    rng = np.random.default_rng(0)
+    out = {"weights": str(weights or "bundled refiner_default.safetensors"), "methods": list(methods),
+           "radii": list(radii), "ratio_median": {}, "dice_mean": {}}
+    cases = []
+    for r in radii:
+        for bg, fg in ((0.2, 0.8), (0.7, 0.3)):
+            for textured in (False, True):
+                for cy, cx in ((128, 128), (90, 170), (170, 84)):
+                    img = np.full((side, side), bg, np.float32)
+                    if textured:
+                        img += (ndi.gaussian_filter(rng.normal(0, 1, img.shape), 12) * 1.5).astype(np.float32)
+                    truth = np.hypot(yy - cy, xx - cx) < r
+                    img[truth] = fg
+                    cases.append((r, img + rng.normal(0, 0.03, img.shape).astype(np.float32), truth, (cy, cx)))
+    for method in methods:
+        ratios, dices = {r: [] for r in radii}, {r: [] for r in radii}
+        for r, img, truth, (cy, cx) in cases:
+            mask = RefineSession(refiner, img, method=method).add_click(cy, cx, True)
+            ratios[r].append(mask.sum() / truth.sum())
+            dices[r].append(dice(mask, truth))
+        out["ratio_median"][method] = {str(r): round(float(np.median(v)), 2) for r, v in ratios.items()}
+        out["dice_mean"][method] = {str(r): round(100 * float(np.mean(v)), 1) for r, v in dices.items()}
+    return out
+
+
+def sizes_markdown(res: dict) -> str:
+    radii = res["radii"]
+    head = "| method | " + " | ".join(f"r={r}" for r in radii) + " |\n|---|" + "---|" * len(radii) + "\n"
+    md = ("# One click on a disc: does the answer keep the disc's size?\n\n"
+          f"`bench_refine.py --sizes`; refiner weights: {res['weights']}. 256 px synthetic images, a disc of radius r px "
+          "(bright on dark and dark on bright, flat or textured background, three places: 12 images per radius), "
+          "one click at its centre.\n\n## Median of predicted area / disc area (1 = right size)\n\n" + head)
+    md += "".join(f"| {m} | " + " | ".join(str(res["ratio_median"][m][str(r)]) for r in radii) + " |\n"
+                  for m in res["methods"])
+    md += "\n## Mean Dice (%) after the click\n\n" + head
+    md += "".join(f"| {m} | " + " | ".join(str(res["dice_mean"][m][str(r)]) for r in radii) + " |\n"
+                  for m in res["methods"])
+    return md
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data root (default: $NAPARI_PANCAKES_DATA)")
@@ -227,8 +291,19 @@ def main(argv=None):
     ap.add_argument("--ceiling", action="store_true", help="only the reachable-Dice table (no model), refine-ceiling.*")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="a result file whose curves for the same images are reused (for 'classical', which needs no weights)")
+    ap.add_argument("--sizes", action="store_true",
+                    help="only the one-click size check on synthetic discs (no data needed), refine-sizes[-TAG].*")
     args = ap.parse_args(argv)
     from napari_pancakes.training.datasets import data_root
+
+    if args.sizes:
+        args.out.mkdir(parents=True, exist_ok=True)
+        res = size_fidelity(args.weights, args.methods)
+        stem = "refine-sizes" + (f"-{args.tag}" if args.tag else "")
+        (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+        (args.out / f"{stem}.md").write_text(sizes_markdown(res))
+        print(sizes_markdown(res))
+        return 0
 
     if data_root(args.data) is None or not data_root(args.data).is_dir():
         print("skip: no data root (--data or $NAPARI_PANCAKES_DATA)", file=sys.stderr)

@@ -161,6 +161,36 @@ def similar_regions_target(img: np.ndarray, rng: np.random.Generator, min_px: in
     return target if 0.01 <= target.mean() <= max_share else None
 
 
+def small_target(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, min_px: int = 6,
+                 max_share: float = 0.015) -> np.ndarray | None:
+    """A small target: one connected component (of any label) covering ``min_px`` pixels to
+    ``max_share`` of the crop, or, where the labels have none, a small Felzenszwalb region.
+
+    Why: a click on a clearly bounded disc of radius 3 px (256 px image) gave a mask 57 times its
+    area with the best stage-1 file (radius 5: 9 times; 15: 1.2 times): the labelled structures
+    are mostly large, so the network learnt a smallest size rather than to follow the edge
+    (``bench_refine.py --sizes``, benchmarks/results/refine-sizes-*.md)."""
+    from skimage.segmentation import felzenszwalb
+
+    hi = max_share * lab.size
+    comps = []
+    for v in np.unique(lab):
+        if v == 0:
+            continue
+        comp, n = ndi.label(lab == v)
+        if n:
+            sizes = np.bincount(comp.ravel())[1:]
+            comps += [(comp, i + 1) for i in np.flatnonzero((sizes >= min_px) & (sizes <= hi))]
+    if comps:
+        comp, i = comps[rng.integers(len(comps))]
+        return comp == i
+    seg = felzenszwalb(img, scale=float(rng.uniform(5, 40)), sigma=float(rng.uniform(0.3, 0.8)),
+                       min_size=min_px)
+    counts = np.bincount(seg.ravel())
+    ok = np.flatnonzero((counts >= min_px) & (counts <= hi))
+    return seg == rng.choice(ok) if len(ok) else None
+
+
 class Source:
     """One real dataset: training/validation indices, optional Pancakes labels at working size."""
 
@@ -181,10 +211,11 @@ class Source:
         return img, lab[np.ix_(sel, sel)]
 
     def sample(self, rng, with_pancakes: bool, superpixel_prob: float = 0.0, invert_prob: float = 0.0,
-               similar_prob: float = 0.0):
+               similar_prob: float = 0.0, small_prob: float = 0.0):
         """(image, target, pancakes labels or None) at working size, augmented; a crop's target is
         a group of similar regions (:func:`similar_regions_target`) with probability ``similar_prob``,
-        else a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``; the
+        else a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``,
+        else a small component or region (:func:`small_target`) with probability ``small_prob``; the
         image is inverted (1 - intensity) with probability ``invert_prob``: the same structure can
         be bright in one modality and dark in another. Trained without it, the stage-1 GPU file
         reaches 43.4 Dice on duke_oct's fluid after 5 clicks, 57.4 with every image inverted, and
@@ -213,6 +244,8 @@ class Source:
                 target = similar_regions_target(np.clip(img, 0, 1), rng)
             elif u < similar_prob + superpixel_prob:
                 target = superpixel_target(np.clip(img, 0, 1), rng)
+            elif u < similar_prob + superpixel_prob + small_prob:
+                target = small_target(np.clip(img, 0, 1), lab, rng)
             if target is None:
                 target = pick_target(rng, lab, self.groups, min_px=12)
             if target is None or target.all():
@@ -368,14 +401,14 @@ def mask_prior(mask: np.ndarray) -> np.ndarray:
 
 
 def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_prob: float = 0.0,
-                 invert_prob: float = 0.0, similar_prob: float = 0.0) -> Example:
+                 invert_prob: float = 0.0, similar_prob: float = 0.0, small_prob: float = 0.0) -> Example:
     while True:
         pan_mode = rng.random() < 0.3
         if rng.random() < synthetic_prob or not sources:
             img, target = synthetic_example(rng, r)
             pan = None
         else:
-            got = sources[rng.integers(len(sources))].sample(rng, pan_mode, superpixel_prob, invert_prob, similar_prob)
+            got = sources[rng.integers(len(sources))].sample(rng, pan_mode, superpixel_prob, invert_prob, similar_prob, small_prob)
             if got is None:
                 continue
             img, target, pan = got
@@ -467,7 +500,7 @@ class ExamplePool:
     made while the current one trains."""
 
     def __init__(self, sources, workers: int, config, **options):
-        """``options``: keyword arguments of :func:`make_example` (superpixel_prob, invert_prob, similar_prob)."""
+        """``options``: keyword arguments of :func:`make_example` (superpixel_prob, invert_prob, similar_prob, small_prob)."""
         import multiprocessing as mp
 
         global _WORKER_SOURCES
@@ -635,6 +668,8 @@ def main(argv=None):
     ap.add_argument("--similar-prob", type=float, default=0.0,
                     help="share of real crops whose target is every region like one seed region "
                          "(similar_regions_target: one click may mean all instances)")
+    ap.add_argument("--small-prob", type=float, default=0.0,
+                    help="share of real crops whose target is a small component or region (small_target)")
     ap.add_argument("--invert-prob", type=float, default=0.0,
                     help="share of real crops whose intensities are inverted (Source.sample)")
     ap.add_argument("--leave-out", default=",".join(LEAVE_OUT),
@@ -714,7 +749,7 @@ def main(argv=None):
 
     run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device}  # into best.safetensors
     options = {"superpixel_prob": args.superpixel_prob, "invert_prob": args.invert_prob,
-               "similar_prob": args.similar_prob}  # make_example's
+               "similar_prob": args.similar_prob, "small_prob": args.small_prob}  # make_example's
     pool = ExamplePool(sources, args.workers, config, **options) if args.workers > 0 else None
     net.to(args.device)  # after the fork: the workers never touch the GPU
     opt.load_state_dict(opt.state_dict())  # moves a resumed optimiser's state to the device

@@ -337,6 +337,38 @@ def test_similar_region_targets_take_every_instance_alike():
     assert similar_regions_target(np.full((64, 64), 0.5, np.float32), rng) is None
 
 
+def test_small_targets_are_small_and_stand_out():
+    """small_target gives a small target with an edge of its own: a labelled blob that differs from
+    its surroundings (never a label fragment cut by the crop's edge or one that looks like its
+    surroundings), or a shape painted into the crop with a contrast to what lies around it."""
+    from scipy import ndimage as ndi
+
+    from napari_pancakes.training.refiner import small_target
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128]
+    img = np.full((128, 128), 0.3, np.float32)
+    lab = np.zeros((128, 128), np.uint8)
+    blob = np.hypot(yy - 40, xx - 60) < 4
+    img[blob], lab[blob] = 0.9, 1
+    lab[0:3, 100:110] = 1  # a fragment cut by the crop's edge
+    lab[90:94, 30:34] = 2  # a labelled patch that looks like its surroundings
+    n_label = 0
+    for _ in range(40):
+        got = small_target(img, lab, rng)
+        assert got is not None
+        out, t = got
+        assert 6 <= t.sum() <= 0.015 * t.size
+        assert not t[0:3, 100:110].any() and not t[90:94, 30:34].any()
+        if out is img:
+            n_label += 1
+            assert np.array_equal(t, blob)
+        else:
+            ring = ndi.binary_dilation(t, iterations=2) & ~t
+            assert abs(out[t].mean() - out[ring].mean()) > 0.1
+    assert 5 <= n_label <= 35  # both kinds occur
+
+
 def test_benchmarks_know_which_weights_saw_the_leave_out_group():
     from napari_pancakes.training.datasets import LEAVE_OUT, saw_leave_out
 

@@ -218,7 +218,8 @@ def size_fidelity(weights, methods, radii=SIZE_RADII, side: int = 256) -> dict:
 
     Synthetic 256 px images (no data needed): a disc of each radius, bright on dark and dark on
     bright, on a flat or a smoothly textured background with noise, at three places; one click at
-    its centre. Per radius and method: the median of predicted area / disc area and the mean Dice.
+    its centre, or (separately) a box one pixel around it. Per radius and method: the median of
+    predicted area / disc area and the mean Dice after the click, and the mean Dice after the box.
     A network that learnt a smallest object size instead of following edges answers a small disc
     with a blob many times its area, where the classical walker follows the edge."""
     import torch
@@ -233,7 +234,7 @@ def size_fidelity(weights, methods, radii=SIZE_RADII, side: int = 256) -> dict:
     yy, xx = np.mgrid[0:side, 0:side]
     rng = np.random.default_rng(0)
     out = {"weights": str(weights or "bundled refiner_default.safetensors"), "methods": list(methods),
-           "radii": list(radii), "ratio_median": {}, "dice_mean": {}}
+           "radii": list(radii), "ratio_median": {}, "dice_mean": {}, "box_dice_mean": {}}
     cases = []
     for r in radii:
         for bg, fg in ((0.2, 0.8), (0.7, 0.3)):
@@ -246,13 +247,16 @@ def size_fidelity(weights, methods, radii=SIZE_RADII, side: int = 256) -> dict:
                     img[truth] = fg
                     cases.append((r, img + rng.normal(0, 0.03, img.shape).astype(np.float32), truth, (cy, cx)))
     for method in methods:
-        ratios, dices = {r: [] for r in radii}, {r: [] for r in radii}
+        ratios, dices, boxed = ({r: [] for r in radii} for _ in range(3))
         for r, img, truth, (cy, cx) in cases:
             mask = RefineSession(refiner, img, method=method).add_click(cy, cx, True)
             ratios[r].append(mask.sum() / truth.sum())
             dices[r].append(dice(mask, truth))
+            box = (cy - r - 1, cx - r - 1, cy + r + 1, cx + r + 1)
+            boxed[r].append(dice(RefineSession(refiner, img, method=method).set_box(box), truth))
         out["ratio_median"][method] = {str(r): round(float(np.median(v)), 2) for r, v in ratios.items()}
         out["dice_mean"][method] = {str(r): round(100 * float(np.mean(v)), 1) for r, v in dices.items()}
+        out["box_dice_mean"][method] = {str(r): round(100 * float(np.mean(v)), 1) for r, v in boxed.items()}
     return out
 
 
@@ -262,12 +266,13 @@ def sizes_markdown(res: dict) -> str:
     md = ("# One click on a disc: does the answer keep the disc's size?\n\n"
           f"`bench_refine.py --sizes`; refiner weights: {res['weights']}. 256 px synthetic images, a disc of radius r px "
           "(bright on dark and dark on bright, flat or textured background, three places: 12 images per radius), "
-          "one click at its centre.\n\n## Median of predicted area / disc area (1 = right size)\n\n" + head)
+          "one click at its centre (or a box one pixel around it).\n\n## Median of predicted area / disc area (1 = right size)\n\n" + head)
     md += "".join(f"| {m} | " + " | ".join(str(res["ratio_median"][m][str(r)]) for r in radii) + " |\n"
                   for m in res["methods"])
-    md += "\n## Mean Dice (%) after the click\n\n" + head
-    md += "".join(f"| {m} | " + " | ".join(str(res["dice_mean"][m][str(r)]) for r in radii) + " |\n"
-                  for m in res["methods"])
+    for key, title in (("dice_mean", "after the click"), ("box_dice_mean", "after a box instead")):
+        md += f"\n## Mean Dice (%) {title}\n\n" + head
+        md += "".join(f"| {m} | " + " | ".join(str(res[key][m][str(r)]) for r in radii) + " |\n"
+                      for m in res["methods"])
     return md
 
 

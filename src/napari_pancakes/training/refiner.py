@@ -49,6 +49,13 @@ PANCAKES_MK = (8, 20)
 
 
 # --- data -----------------------------------------------------------------------------------
+def ellipse_coords(yy, xx, cy: float, cx: float, a: float, b: float, th: float):
+    """(u, v): the grid in the frame of an ellipse centred at (cy, cx) with semi-axes a, b turned by
+    th; u**2 + v**2 < 1 is the ellipse (shapes of synthetic_example and small_target)."""
+    dy, dx = yy - cy, xx - cx
+    return (dy * np.cos(th) + dx * np.sin(th)) / a, (-dy * np.sin(th) + dx * np.cos(th)) / b
+
+
 def synthetic_example(rng: np.random.Generator, r: int) -> tuple[np.ndarray, np.ndarray]:
     """A random image of blobs/ellipses with noise and blur; the target is one of its shapes."""
     yy, xx = np.mgrid[0:r, 0:r].astype(np.float32)
@@ -60,9 +67,7 @@ def synthetic_example(rng: np.random.Generator, r: int) -> tuple[np.ndarray, np.
         cy, cx = rng.uniform(0.1, 0.9, 2) * r
         a, b = rng.uniform(0.04, 0.3, 2) * r
         th = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dy * np.cos(th) + dx * np.sin(th)) / a
-        v = (-dy * np.sin(th) + dx * np.cos(th)) / b
+        u, v = ellipse_coords(yy, xx, cy, cx, a, b, th)
         ang = np.arctan2(v, u)
         wobble = 1 + sum(rng.uniform(0, 0.25) * np.cos(k * ang + rng.uniform(0, 6.28)) for k in (2, 3, 5))
         shape = u**2 + v**2 < wobble**2
@@ -199,8 +204,7 @@ def small_target(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, min
     a, b = np.exp(rng.uniform(np.log(1.5), np.log(8), 2))
     cy, cx = rng.uniform(0.1, 0.9, 2) * r
     th = rng.uniform(0, np.pi)
-    u = ((yy - cy) * np.cos(th) + (xx - cx) * np.sin(th)) / a
-    v = (-(yy - cy) * np.sin(th) + (xx - cx) * np.cos(th)) / b
+    u, v = ellipse_coords(yy, xx, cy, cx, a, b, th)
     wobble = 1 + rng.uniform(0, 0.2) * np.cos(3 * np.arctan2(v, u) + rng.uniform(0, 6.28))
     target = u**2 + v**2 < wobble**2
     if target.sum() < min_px:

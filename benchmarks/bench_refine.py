@@ -301,13 +301,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from napari_pancakes.training.datasets import data_root
 
+    tagged = lambda stem: stem + (f"-{args.tag}" if args.tag else "")  # noqa: E731
     if args.sizes:
         args.out.mkdir(parents=True, exist_ok=True)
         res = size_fidelity(args.weights, args.methods)
-        stem = "refine-sizes" + (f"-{args.tag}" if args.tag else "")
-        (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
-        (args.out / f"{stem}.md").write_text(sizes_markdown(res))
-        print(sizes_markdown(res))
+        write_results(args.out, tagged("refine-sizes"), res, sizes_markdown(res))
         return 0
 
     if data_root(args.data) is None or not data_root(args.data).is_dir():
@@ -316,21 +314,22 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     if args.ceiling:
         res = ceilings(data_root(args.data), args.max_images, args.cache)
-        (args.out / "refine-ceiling.json").write_text(json.dumps(res, indent=1))
         cols = list(next(iter(res.values())))
         md = "# What clicks could reach on the leave-out targets (no model)\n\nSee `bench_refine.py --ceiling`.\n\n"
         md += "| dataset | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
         md += "".join(f"| {n} | " + " | ".join(str(v) for v in r.values()) + " |\n" for n, r in res.items())
-        (args.out / "refine-ceiling.md").write_text(md)
-        print(md)
+        write_results(args.out, "refine-ceiling", res, md)
         return 0
     res = run(args)
-    stem = "refine" + (f"-{args.tag}" if args.tag else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
-    md = to_markdown(res)
-    (args.out / f"{stem}.md").write_text(md)
-    print(md)
+    write_results(args.out, tagged("refine"), res, to_markdown(res))
     return 0
+
+
+def write_results(out: Path, stem: str, res: dict, md: str) -> None:
+    """OUT/STEM.json and OUT/STEM.md, and the table on stdout (every mode of this benchmark)."""
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{stem}.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -369,6 +369,22 @@ def test_small_targets_are_small_and_stand_out():
     assert 5 <= n_label <= 35  # both kinds occur
 
 
+def test_small_target_painted_shapes_follow_radii():
+    """The painted shapes' semi-axes come from ``radii``: a smaller range gives smaller targets
+    (the size floor of the click model is trained against with shapes of 1-5 grid pixels)."""
+    from napari_pancakes.training.refiner import small_target
+
+    img = np.full((128, 128), 0.4, np.float32)
+    lab = np.zeros((128, 128), np.uint8)  # no labelled blob: every target is painted
+    areas = {}
+    for radii in ((1.0, 3.0), (6.0, 8.0)):
+        rng = np.random.default_rng(1)
+        got = [small_target(img, lab, rng, radii=radii) for _ in range(60)]
+        areas[radii] = [int(t.sum()) for _, t in (g for g in got if g is not None)]
+        assert areas[radii] and max(areas[radii]) <= np.pi * (radii[1] * 1.2 + 1) ** 2
+    assert max(areas[(1.0, 3.0)]) < min(areas[(6.0, 8.0)])
+
+
 def test_benchmarks_know_which_weights_saw_the_leave_out_group():
     from napari_pancakes.training.datasets import LEAVE_OUT, saw_leave_out
 

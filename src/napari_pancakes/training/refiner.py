@@ -169,11 +169,13 @@ def similar_regions_target(img: np.ndarray, rng: np.random.Generator, min_px: in
 
 
 def small_target(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, min_px: int = 6,
-                 max_share: float = 0.015) -> tuple[np.ndarray, np.ndarray] | None:
+                 max_share: float = 0.015,
+                 radii: tuple[float, float] = (1.5, 8.0)) -> tuple[np.ndarray, np.ndarray] | None:
     """(image, target) with a small, clearly bounded target: a labelled component covering
     ``min_px`` pixels to ``max_share`` of the crop that differs from the 2-pixel ring around it
     and does not touch the crop's edge, or (half of the time, and where the labels have none) a
-    small random shape painted into the crop with a contrast to its surroundings.
+    small random shape painted into the crop with a contrast to its surroundings (semi-axes drawn
+    log-uniformly from ``radii``, in pixels of the crop).
 
     Why: a click on a clearly bounded disc of radius 3 px (256 px image) gave a mask 200 times its
     area with the best stage-1 file (radius 6: 27 times; 12: 1.5 times): the labelled structures
@@ -201,7 +203,7 @@ def small_target(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, min
         if comps:
             return img, comps[rng.integers(len(comps))]
     yy, xx = np.mgrid[0:r, 0:r].astype(np.float32)
-    a, b = np.exp(rng.uniform(np.log(1.5), np.log(8), 2))
+    a, b = np.exp(rng.uniform(np.log(radii[0]), np.log(radii[1]), 2))
     cy, cx = rng.uniform(0.1, 0.9, 2) * r
     th = rng.uniform(0, np.pi)
     u, v = ellipse_coords(yy, xx, cy, cx, a, b, th)
@@ -239,7 +241,7 @@ class Source:
         return img, lab[np.ix_(sel, sel)]
 
     def sample(self, rng, with_pancakes: bool, superpixel_prob: float = 0.0, invert_prob: float = 0.0,
-               similar_prob: float = 0.0, small_prob: float = 0.0):
+               similar_prob: float = 0.0, small_prob: float = 0.0, small_radii: tuple[float, float] = (1.5, 8.0)):
         """(image, target, pancakes labels or None) at working size, augmented; a crop's target is
         a group of similar regions (:func:`similar_regions_target`) with probability ``similar_prob``,
         else a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``,
@@ -273,7 +275,7 @@ class Source:
             elif u < similar_prob + superpixel_prob:
                 target = superpixel_target(np.clip(img, 0, 1), rng)
             elif u < similar_prob + superpixel_prob + small_prob:
-                got = small_target(np.clip(img, 0, 1), lab, rng)
+                got = small_target(np.clip(img, 0, 1), lab, rng, radii=small_radii)
                 if got is not None:
                     img, target = got
             if target is None:
@@ -431,7 +433,8 @@ def mask_prior(mask: np.ndarray) -> np.ndarray:
 
 
 def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_prob: float = 0.0,
-                 invert_prob: float = 0.0, similar_prob: float = 0.0, small_prob: float = 0.0) -> Example:
+                 invert_prob: float = 0.0, similar_prob: float = 0.0, small_prob: float = 0.0,
+                 small_radii: tuple[float, float] = (1.5, 8.0)) -> Example:
     while True:
         pan_mode = rng.random() < 0.3
         if rng.random() < synthetic_prob or not sources:
@@ -440,7 +443,7 @@ def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_
         else:
             got = sources[rng.integers(len(sources))].sample(
                 rng, pan_mode, superpixel_prob=superpixel_prob, invert_prob=invert_prob,
-                similar_prob=similar_prob, small_prob=small_prob)
+                similar_prob=similar_prob, small_prob=small_prob, small_radii=small_radii)
             if got is None:
                 continue
             img, target, pan = got
@@ -703,6 +706,8 @@ def main(argv=None):
     ap.add_argument("--small-prob", type=float, default=0.0,
                     help="share of real crops whose target is small with an edge of its own: a labelled blob "
                          "or a painted shape (small_target)")
+    ap.add_argument("--small-radii", type=float, nargs=2, default=(1.5, 8.0), metavar=("LO", "HI"),
+                    help="range of a painted small shape's semi-axes in working-grid pixels (small_target)")
     ap.add_argument("--invert-prob", type=float, default=0.0,
                     help="share of real crops whose intensities are inverted (Source.sample)")
     ap.add_argument("--leave-out", default=",".join(LEAVE_OUT),
@@ -782,7 +787,8 @@ def main(argv=None):
 
     run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device}  # into best.safetensors
     options = {"superpixel_prob": args.superpixel_prob, "invert_prob": args.invert_prob,
-               "similar_prob": args.similar_prob, "small_prob": args.small_prob}  # make_example's
+               "similar_prob": args.similar_prob, "small_prob": args.small_prob,
+               "small_radii": tuple(args.small_radii)}  # make_example's
     pool = ExamplePool(sources, args.workers, config, **options) if args.workers > 0 else None
     net.to(args.device)  # after the fork: the workers never touch the GPU
     opt.load_state_dict(opt.state_dict())  # moves a resumed optimiser's state to the device

@@ -369,6 +369,27 @@ def test_small_targets_are_small_and_stand_out():
     assert 5 <= n_label <= 35  # both kinds occur
 
 
+def test_pancakes_start_poor_labels_on_request():
+    """pancakes_start gives the best-matching candidate label (or one of the top 5); with
+    ``poor_prob`` = 1 any label that overlaps the target (Dice >= 0.05), so poor starts occur."""
+    from napari_pancakes.training.refiner import pancakes_start
+    from napari_pancakes.training.simulate import dice
+
+    target = np.zeros((32, 32), bool)
+    target[8:24, 8:24] = True
+    pan = np.zeros((2, 32, 32), np.uint8)
+    pan[0][8:24, 8:24] = 1  # protocol 0, label 1: the target itself
+    pan[1][:, :12] = 1  # protocol 1, label 1: a band that overlaps it a little
+    pan[1][:, 12:] = 2  # label 2: the rest
+    rng = np.random.default_rng(0)
+    best = [dice(pancakes_start(pan, target, None), target)]
+    poor = [pancakes_start(pan, target, rng, poor_prob=1.0) for _ in range(60)]
+    assert best == [1.0]
+    scores = [dice(p, target) for p in poor]
+    assert min(scores) >= 0.05 and min(scores) < 0.5 and max(scores) == 1.0
+    assert all(p is not None for p in poor)
+
+
 def test_small_target_painted_shapes_follow_radii():
     """The painted shapes' semi-axes come from ``radii``: a smaller range gives smaller targets
     (the size floor of the click model is trained against with shapes of 1-5 grid pixels)."""

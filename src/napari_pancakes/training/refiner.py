@@ -315,8 +315,15 @@ def compute_pancakes_labels(sources: list[Source], per_source: int, set_size: in
         log(f"pancakes labels: {src.name} {len(pick)} images")
 
 
-def pancakes_start(pan: np.ndarray, target: np.ndarray, rng: np.random.Generator | None) -> np.ndarray | None:
-    """The Pancakes candidate label closest to ``target`` (with ``rng``: sometimes one of the top 5)."""
+def pancakes_start(pan: np.ndarray, target: np.ndarray, rng: np.random.Generator | None,
+                   poor_prob: float = 0.0) -> np.ndarray | None:
+    """The Pancakes candidate label closest to ``target`` (with ``rng``: sometimes one of the top 5;
+    with probability ``poor_prob`` any label with Dice >= 0.05 to the target, mostly poor ones).
+
+    Why poor starts: the user picks one label for a whole set, and on some images (or a modality
+    the model never saw) it is poor: the best label of duke_oct's fluid has set Dice 10.3
+    (benchmarks/results/refine-small.md). Trained only on the best labels, the click model keeps
+    such a start and carves it piece by piece, one negative click at a time."""
     m, r, _ = pan.shape
     k = int(pan.max()) + 1
     flat = (pan.reshape(m, -1).astype(np.int64) + (np.arange(m) * k)[:, None]).ravel()
@@ -324,7 +331,11 @@ def pancakes_start(pan: np.ndarray, target: np.ndarray, rng: np.random.Generator
     inter = np.bincount(flat, weights=np.tile(target.ravel(), m).astype(np.float64), minlength=m * k)
     d = 2 * inter / (size + target.sum() + 1e-9)
     order = np.argsort(-d)
-    pick = order[0] if rng is None or rng.random() < 0.7 else order[rng.integers(5)]
+    overlapping = np.flatnonzero(d >= 0.05)
+    if rng is not None and poor_prob and len(overlapping) and rng.random() < poor_prob:
+        pick = overlapping[rng.integers(len(overlapping))]
+    else:
+        pick = order[0] if rng is None or rng.random() < 0.7 else order[rng.integers(5)]
     if d[pick] < 0.05:
         return None
     return pan[pick // k] == pick % k
@@ -434,7 +445,7 @@ def mask_prior(mask: np.ndarray) -> np.ndarray:
 
 def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_prob: float = 0.0,
                  invert_prob: float = 0.0, similar_prob: float = 0.0, small_prob: float = 0.0,
-                 small_radii: tuple[float, float] = (1.5, 8.0)) -> Example:
+                 small_radii: tuple[float, float] = (1.5, 8.0), poor_start_prob: float = 0.0) -> Example:
     while True:
         pan_mode = rng.random() < 0.3
         if rng.random() < synthetic_prob or not sources:
@@ -450,7 +461,7 @@ def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_
         ex = Example(img, target)
         start = None
         if pan is not None:
-            start = pancakes_start(pan, target, rng)
+            start = pancakes_start(pan, target, rng, poor_prob=poor_start_prob)
         elif rng.random() < 0.3:
             start = corrupt_mask(target, rng)
         if start is not None:
@@ -706,6 +717,9 @@ def main(argv=None):
     ap.add_argument("--small-prob", type=float, default=0.0,
                     help="share of real crops whose target is small with an edge of its own: a labelled blob "
                          "or a painted shape (small_target)")
+    ap.add_argument("--poor-start-prob", type=float, default=0.0,
+                    help="share of Pancakes starts drawn from any label overlapping the target, not the best "
+                         "(pancakes_start): a poor chosen label must be droppable by clicks")
     ap.add_argument("--small-radii", type=float, nargs=2, default=(1.5, 8.0), metavar=("LO", "HI"),
                     help="range of a painted small shape's semi-axes in working-grid pixels (small_target)")
     ap.add_argument("--invert-prob", type=float, default=0.0,
@@ -788,7 +802,7 @@ def main(argv=None):
     run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device}  # into best.safetensors
     options = {"superpixel_prob": args.superpixel_prob, "invert_prob": args.invert_prob,
                "similar_prob": args.similar_prob, "small_prob": args.small_prob,
-               "small_radii": tuple(args.small_radii)}  # make_example's
+               "small_radii": tuple(args.small_radii), "poor_start_prob": args.poor_start_prob}  # make_example's
     pool = ExamplePool(sources, args.workers, config, **options) if args.workers > 0 else None
     net.to(args.device)  # after the fork: the workers never touch the GPU
     opt.load_state_dict(opt.state_dict())  # moves a resumed optimiser's state to the device

@@ -46,6 +46,7 @@ from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_r
 
 STORE = 256  # real data are read at this size and cropped/zoomed to the working resolution
 PANCAKES_MK = (8, 20)
+SMALL_RADII = (1.5, 8.0)  # default semi-axes range of a painted small shape, grid pixels (small_target)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def similar_regions_target(img: np.ndarray, rng: np.random.Generator, min_px: in
 
 def small_target(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, min_px: int = 6,
                  max_share: float = 0.015,
-                 radii: tuple[float, float] = (1.5, 8.0)) -> tuple[np.ndarray, np.ndarray] | None:
+                 radii: tuple[float, float] = SMALL_RADII) -> tuple[np.ndarray, np.ndarray] | None:
     """(image, target) with a small, clearly bounded target: a labelled component covering
     ``min_px`` pixels to ``max_share`` of the crop that differs from the 2-pixel ring around it
     and does not touch the crop's edge, or (half of the time, and where the labels have none) a
@@ -241,7 +242,7 @@ class Source:
         return img, lab[np.ix_(sel, sel)]
 
     def sample(self, rng, with_pancakes: bool, superpixel_prob: float = 0.0, invert_prob: float = 0.0,
-               similar_prob: float = 0.0, small_prob: float = 0.0, small_radii: tuple[float, float] = (1.5, 8.0)):
+               similar_prob: float = 0.0, small_prob: float = 0.0, small_radii: tuple[float, float] = SMALL_RADII):
         """(image, target, pancakes labels or None) at working size, augmented; a crop's target is
         a group of similar regions (:func:`similar_regions_target`) with probability ``similar_prob``,
         else a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``,
@@ -445,7 +446,7 @@ def mask_prior(mask: np.ndarray) -> np.ndarray:
 
 def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_prob: float = 0.0,
                  invert_prob: float = 0.0, similar_prob: float = 0.0, small_prob: float = 0.0,
-                 small_radii: tuple[float, float] = (1.5, 8.0), poor_start_prob: float = 0.0) -> Example:
+                 small_radii: tuple[float, float] = SMALL_RADII, poor_start_prob: float = 0.0) -> Example:
     while True:
         pan_mode = rng.random() < 0.3
         if rng.random() < synthetic_prob or not sources:
@@ -720,7 +721,7 @@ def main(argv=None):
     ap.add_argument("--poor-start-prob", type=float, default=0.0,
                     help="share of Pancakes starts drawn from any label overlapping the target, not the best "
                          "(pancakes_start): a poor chosen label must be droppable by clicks")
-    ap.add_argument("--small-radii", type=float, nargs=2, default=(1.5, 8.0), metavar=("LO", "HI"),
+    ap.add_argument("--small-radii", type=float, nargs=2, default=SMALL_RADII, metavar=("LO", "HI"),
                     help="range of a painted small shape's semi-axes in working-grid pixels (small_target)")
     ap.add_argument("--invert-prob", type=float, default=0.0,
                     help="share of real crops whose intensities are inverted (Source.sample)")

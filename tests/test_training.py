@@ -281,7 +281,7 @@ def test_superpixel_targets_follow_image_regions_and_feed_training():
     import torch
 
     from napari_pancakes.refine.network import RefinerConfig, RefinerNet
-    from napari_pancakes.training.refiner import Source, make_example, superpixel_target, train_step
+    from napari_pancakes.training.refiner import Recipe, Source, make_example, superpixel_target, train_step
 
     rng = np.random.default_rng(0)
     img = np.zeros((64, 64), np.float32)
@@ -300,13 +300,13 @@ def test_superpixel_targets_follow_image_regions_and_feed_training():
                                labels=np.zeros((4, 64, 64), np.uint8), groups=[],
                                validation_mask=lambda: np.array([False, False, False, True]))
     src = Source(ds, 32)
-    assert src.sample(rng, False, superpixel_prob=0.0) is None  # background only: no labelled target
-    got = src.sample(rng, False, superpixel_prob=1.0)
+    assert src.sample(rng, False, Recipe(superpixel_prob=0.0)) is None  # background only: no labelled target
+    got = src.sample(rng, False, Recipe(superpixel_prob=1.0))
     assert got is not None and got[1].shape == (32, 32) and 0 < got[1].sum() < got[1].size
     torch.manual_seed(0)
     net = RefinerNet(RefinerConfig(resolution=32, features=(8, 8)))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    batch = [make_example([src], rng, 32, synthetic_prob=0.0, superpixel_prob=1.0) for _ in range(2)]
+    batch = [make_example([src], rng, 32, Recipe(synthetic_prob=0.0, superpixel_prob=1.0)) for _ in range(2)]
     assert np.isfinite(train_step(net, opt, batch, net.config, rng, steps=2))
 
 
@@ -452,7 +452,7 @@ def test_example_pool_makes_and_corrects_examples_in_workers():
     import torch
 
     from napari_pancakes.refine.network import RefinerConfig, RefinerNet
-    from napari_pancakes.training.refiner import ExamplePool, Source, encode_batch, train_step
+    from napari_pancakes.training.refiner import ExamplePool, Recipe, Source, encode_batch, train_step
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:64, 0:64]
@@ -460,7 +460,7 @@ def test_example_pool_makes_and_corrects_examples_in_workers():
     ds = types.SimpleNamespace(name="discs", images=images, labels=(images > 0.5).astype(np.uint8), groups=[],
                                validation_mask=lambda: np.array([False, False, False, True]))
     config = RefinerConfig(resolution=32, features=(8, 8))
-    pool = ExamplePool([Source(ds, 32)], workers=2, config=config, superpixel_prob=0.0)
+    pool = ExamplePool([Source(ds, 32)], workers=2, config=config, recipe=Recipe(superpixel_prob=0.0))
     try:
         batch, x = pool.batch(5, rng)
         assert len(batch) == 5 and all(e.target.shape == (32, 32) and e.target.any() for e in batch)
@@ -506,7 +506,7 @@ def test_refiner_crops_can_be_inverted():
     be either), and its target is unchanged."""
     import types
 
-    from napari_pancakes.training.refiner import Source
+    from napari_pancakes.training.refiner import Recipe, Source
 
     yy, xx = np.mgrid[0:64, 0:64]
     disk = np.hypot(yy - 32, xx - 32) < 20
@@ -515,7 +515,7 @@ def test_refiner_crops_can_be_inverted():
                                validation_mask=lambda: np.array([False, False, True]))
     src = Source(ds, 32)
     for invert, brighter_inside in ((0.0, True), (1.0, False)):
-        img, target, _ = src.sample(np.random.default_rng(0), False, invert_prob=invert)
+        img, target, _ = src.sample(np.random.default_rng(0), False, Recipe(invert_prob=invert))
         assert target.any() and (~target).any()
         assert (img[target].mean() > img[~target].mean()) == brighter_inside
 
@@ -535,3 +535,33 @@ def test_pancakes_training_reads_a_pack(tmp_path):
                       features=8, threads=1, cache_dir=str(tmp_path / "cache"), log_every=1, warmup=1))
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "discs=" in log  # the packed dataset was validated on
+
+
+def test_refiner_training_records_its_recipe_and_resumes(tmp_path):
+    """`training.refiner` from a pack: it trains, validates, writes best.safetensors whose metadata
+    names the recipe it was trained with (a shipped file says how it was made), and a second
+    call resumes from the checkpoint instead of starting over."""
+    import json
+
+    from napari_pancakes.refine import load_refiner
+    from napari_pancakes.training.datasets import write_pack
+    from napari_pancakes.training.refiner import main as refiner_main
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    images = np.stack([np.clip((np.hypot(yy - 20 - i % 20, xx - 30) < 12) * 0.7 + 0.1, 0, 1)
+                       for i in range(20)]).astype(np.float32)
+    pack = write_pack({"discs": RealDataset("discs", images, (images > 0.4).astype(np.uint8))}, tmp_path / "p.npz")
+    out = tmp_path / "run"
+    args = ["--pack", str(pack), "--out", str(out), "--leave-out", "", "--init", "", "--batch", "2", "--steps", "2",
+            "--pancakes-per-source", "2", "--small-prob", "0.5", "--small-radii", "1", "4", "--poor-start-prob", "0.25"]
+    refiner_main(args + ["--minutes", "0.02"])
+    meta = load_refiner(out / "best.safetensors", device="cpu").metadata
+    recipe = meta["recipe"] if isinstance(meta["recipe"], dict) else json.loads(meta["recipe"])
+    assert recipe["small_prob"] == 0.5 and list(recipe["small_radii"]) == [1.0, 4.0]
+    assert recipe["poor_start_prob"] == 0.25 and recipe["superpixel_prob"] == 0.0
+    state = json.loads((out / "checkpoint.json").read_text())
+    first = state["it"]
+    assert first > 0
+    refiner_main(args + ["--minutes", str(state["elapsed"] / 60 + 0.02)])  # the budget is in total
+    assert "resumed at iteration" in (out / "log.txt").read_text()
+    assert json.loads((out / "checkpoint.json").read_text())["it"] > first

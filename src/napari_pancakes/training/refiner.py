@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,25 @@ from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_r
 STORE = 256  # real data are read at this size and cropped/zoomed to the working resolution
 PANCAKES_MK = (8, 20)
 SMALL_RADII = (1.5, 8.0)  # default semi-axes range of a painted small shape, grid pixels (small_target)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the training examples are made of: the share of each kind of target and start.
+
+    One object from the command line to :meth:`Source.sample` and :func:`make_example` (and the
+    worker processes), and recorded in every ``best.safetensors`` (metadata ``recipe``), so a
+    shipped file says how it was trained. Shares are probabilities per example (real crops for
+    the target kinds; a crop's target is a group of similar regions, else a superpixel region,
+    else a small target, else an annotated label)."""
+
+    synthetic_prob: float = 0.15  # a synthetic image and shape instead of a real crop
+    superpixel_prob: float = 0.0  # superpixel_target: a region nobody annotated
+    similar_prob: float = 0.0  # similar_regions_target: one click may mean all instances
+    small_prob: float = 0.0  # small_target: a small labelled blob or painted shape
+    small_radii: tuple[float, float] = SMALL_RADII  # ... its painted shapes' semi-axes, grid px
+    invert_prob: float = 0.0  # the crop's intensities inverted (polarity differs between modalities)
+    poor_start_prob: float = 0.0  # pancakes_start: any overlapping label, not the best
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -241,13 +261,13 @@ class Source:
         sel = np.minimum((np.arange(self.r) * step + step / 2).astype(int), lab.shape[0] - 1)
         return img, lab[np.ix_(sel, sel)]
 
-    def sample(self, rng, with_pancakes: bool, superpixel_prob: float = 0.0, invert_prob: float = 0.0,
-               similar_prob: float = 0.0, small_prob: float = 0.0, small_radii: tuple[float, float] = SMALL_RADII):
+    def sample(self, rng, with_pancakes: bool, recipe: Recipe = Recipe()):
         """(image, target, pancakes labels or None) at working size, augmented; a crop's target is
-        a group of similar regions (:func:`similar_regions_target`) with probability ``similar_prob``,
-        else a superpixel region (:func:`superpixel_target`) with probability ``superpixel_prob``,
-        else a small target with an edge (:func:`small_target`) with probability ``small_prob``; the
-        image is inverted (1 - intensity) with probability ``invert_prob``: the same structure can
+        a group of similar regions (:func:`similar_regions_target`) with probability
+        ``recipe.similar_prob``, else a superpixel region (:func:`superpixel_target`) with
+        probability ``recipe.superpixel_prob``, else a small target with an edge
+        (:func:`small_target`) with probability ``recipe.small_prob``; the image is inverted
+        (1 - intensity) with probability ``recipe.invert_prob``: the same structure can
         be bright in one modality and dark in another. Trained without it, the stage-1 GPU file
         reaches 43.4 Dice on duke_oct's fluid after 5 clicks, 57.4 with every image inverted, and
         on monuseg after a box 57.7 as is, 4.5 inverted (benchmarks/results/refine-gpu-superpixel.md
@@ -271,12 +291,12 @@ class Source:
                 pan = None
             target = None
             u = rng.random() if pan is None else 1.0
-            if u < similar_prob:
+            if u < recipe.similar_prob:
                 target = similar_regions_target(np.clip(img, 0, 1), rng)
-            elif u < similar_prob + superpixel_prob:
+            elif u < recipe.similar_prob + recipe.superpixel_prob:
                 target = superpixel_target(np.clip(img, 0, 1), rng)
-            elif u < similar_prob + superpixel_prob + small_prob:
-                got = small_target(np.clip(img, 0, 1), lab, rng, radii=small_radii)
+            elif u < recipe.similar_prob + recipe.superpixel_prob + recipe.small_prob:
+                got = small_target(np.clip(img, 0, 1), lab, rng, radii=recipe.small_radii)
                 if got is not None:
                     img, target = got
             if target is None:
@@ -284,7 +304,7 @@ class Source:
             if target is None or target.all():
                 continue
             img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)
-            if invert_prob and rng.random() < invert_prob:
+            if recipe.invert_prob and rng.random() < recipe.invert_prob:
                 img = 1 - img
             if rng.random() < 0.5:
                 img, target = img[:, ::-1], target[:, ::-1]
@@ -444,25 +464,22 @@ def mask_prior(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, MASK_LOGIT, -MASK_LOGIT).astype(np.float32)
 
 
-def make_example(sources, rng, r: int, synthetic_prob: float = 0.15, superpixel_prob: float = 0.0,
-                 invert_prob: float = 0.0, similar_prob: float = 0.0, small_prob: float = 0.0,
-                 small_radii: tuple[float, float] = SMALL_RADII, poor_start_prob: float = 0.0) -> Example:
+def make_example(sources, rng, r: int, recipe: Recipe = Recipe()) -> Example:
+    """One training example with its first prompt (or starting mask), made as ``recipe`` says."""
     while True:
         pan_mode = rng.random() < 0.3
-        if rng.random() < synthetic_prob or not sources:
+        if rng.random() < recipe.synthetic_prob or not sources:
             img, target = synthetic_example(rng, r)
             pan = None
         else:
-            got = sources[rng.integers(len(sources))].sample(
-                rng, pan_mode, superpixel_prob=superpixel_prob, invert_prob=invert_prob,
-                similar_prob=similar_prob, small_prob=small_prob, small_radii=small_radii)
+            got = sources[rng.integers(len(sources))].sample(rng, pan_mode, recipe)
             if got is None:
                 continue
             img, target, pan = got
         ex = Example(img, target)
         start = None
         if pan is not None:
-            start = pancakes_start(pan, target, rng, poor_prob=poor_start_prob)
+            start = pancakes_start(pan, target, rng, poor_prob=recipe.poor_start_prob)
         elif rng.random() < 0.3:
             start = corrupt_mask(target, rng)
         if start is not None:
@@ -526,9 +543,9 @@ _WORKER_SOURCES: list = []  # set in the parent before the fork; the workers inh
 
 
 def _worker_make(job):
-    seed, n, config, options = job
+    seed, n, config, recipe = job
     rng = np.random.default_rng(seed)
-    examples = [make_example(_WORKER_SOURCES, rng, config.resolution, **options) for _ in range(n)]
+    examples = [make_example(_WORKER_SOURCES, rng, config.resolution, recipe) for _ in range(n)]
     return examples, encode_batch(examples, config)
 
 
@@ -546,13 +563,12 @@ class ExamplePool:
     trainer's generator, so a run is reproducible for a given worker count. The next batch is
     made while the current one trains."""
 
-    def __init__(self, sources, workers: int, config, **options):
-        """``options``: keyword arguments of :func:`make_example` (superpixel_prob, invert_prob, similar_prob, small_prob)."""
+    def __init__(self, sources, workers: int, config, recipe: Recipe = Recipe()):
         import multiprocessing as mp
 
         global _WORKER_SOURCES
         _WORKER_SOURCES = sources
-        self.workers, self.config, self.options = workers, config, options
+        self.workers, self.config, self.recipe = workers, config, recipe
         self.pool = mp.get_context("fork").Pool(workers)
         self.pending = None
 
@@ -562,7 +578,7 @@ class ExamplePool:
 
     def _make_async(self, n, rng):
         sizes = [len(c) for c in self._chunks(list(range(n)))]
-        jobs = [(int(rng.integers(2**63)), m, self.config, self.options) for m in sizes]
+        jobs = [(int(rng.integers(2**63)), m, self.config, self.recipe) for m in sizes]
         return self.pool.map_async(_worker_make, jobs)
 
     def batch(self, n: int, rng) -> tuple[list[Example], np.ndarray]:
@@ -800,11 +816,12 @@ def main(argv=None):
         log(f"best.safetensors on these validation pairs: {again['score']} (recorded: {state['best_score']})")
         state["best_score"] = again["score"]
 
-    run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device}  # into best.safetensors
-    options = {"superpixel_prob": args.superpixel_prob, "invert_prob": args.invert_prob,
-               "similar_prob": args.similar_prob, "small_prob": args.small_prob,
-               "small_radii": tuple(args.small_radii), "poor_start_prob": args.poor_start_prob}  # make_example's
-    pool = ExamplePool(sources, args.workers, config, **options) if args.workers > 0 else None
+    recipe = Recipe(superpixel_prob=args.superpixel_prob, similar_prob=args.similar_prob,
+                    small_prob=args.small_prob, small_radii=tuple(args.small_radii),
+                    invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob)
+    run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device,
+                "recipe": asdict(recipe)}  # into best.safetensors
+    pool = ExamplePool(sources, args.workers, config, recipe) if args.workers > 0 else None
     net.to(args.device)  # after the fork: the workers never touch the GPU
     opt.load_state_dict(opt.state_dict())  # moves a resumed optimiser's state to the device
     t_start = time.time() - state["elapsed"]
@@ -821,7 +838,7 @@ def main(argv=None):
             g["lr"] = lr
         steps = int(rng.integers(1, args.steps + 1))
         if pool is None:
-            batch, x = [make_example(sources, rng, r, **options) for _ in range(args.batch)], None
+            batch, x = [make_example(sources, rng, r, recipe) for _ in range(args.batch)], None
         else:
             batch, x = pool.batch(args.batch, rng)
         run_loss.append(train_step(net, opt, batch, config, rng, steps, pool, x))

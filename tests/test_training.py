@@ -499,6 +499,21 @@ def test_refiner_validation_scores_a_corrupted_start_the_same_for_every_file():
     assert len(first["corrupted"]) == 3 and first["pancakes"] == []
     parts = [np.mean(first["nothing"]), np.mean(first["box"]), np.mean(first["corrupted"])]
     assert abs(first["score"] - np.mean(parts)) < 1e-3
+    each = evaluate(net, net.config, pairs, per_pair=True)["per_pair"]
+    assert len(each) == 3 and abs(np.mean(each) - first["score"]) < 1e-3  # no Pancakes starts: equal weights
+
+
+def test_refiner_paired_difference_sees_a_real_gain_and_not_noise():
+    """--evaluate's comparison with the shipped file: a gain on every pair has an interval above
+    0; a candidate that is the baseline plus symmetric noise has one around 0."""
+    from napari_pancakes.training.refiner import paired_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.4, 0.9, 100)
+    better = paired_difference(list(base + 0.02 + rng.normal(0, 0.01, 100)), list(base))
+    assert better["pairs"] == 100 and better["ci95"][0] > 0 and abs(better["mean_difference"] - 0.02) < 0.005
+    noise = paired_difference(list(base + rng.normal(0, 0.05, 100)), list(base))
+    assert noise["ci95"][0] < 0 < noise["ci95"][1]
 
 
 def test_refiner_crops_can_be_inverted():

@@ -621,13 +621,14 @@ def validation_pairs(sources: list[Source], per_source: int = 6):
 
 
 @torch.no_grad()
-def evaluate(net, config, pairs, n_clicks: int = 5) -> dict:
+def evaluate(net, config, pairs, n_clicks: int = 5, per_pair: bool = False) -> dict:
     """Mean Dice after 1..n simulated clicks from nothing, box + 0..2 clicks, Pancakes label + 1..3
     clicks, and a corrupted ground truth + 1..3 clicks ("corrupted": :func:`corrupt_mask`, seeded by
     the pair's index, so every file meets the same masks). The last asks what the others do not:
     that a negative click removes a false region and a positive one restores a missed part, as
     when a user edits an existing mask (a file that scored best without it left 59 % of a false
-    band after a negative click, where the shipped file left 12 %)."""
+    band after a negative click, where the shipped file left 12 %). With ``per_pair`` also each
+    pair's mean over its parts (``per_pair``), for a paired comparison of two files."""
     net.eval()
     dev = next(net.parameters()).device
 
@@ -659,7 +660,24 @@ def evaluate(net, config, pairs, n_clicks: int = 5) -> dict:
            "pancakes": np.round(np.mean(c, 0), 4).tolist() if c else [],
            "corrupted": np.round(np.mean(d, 0), 4).tolist()}
     res["score"] = round(float(np.mean([np.mean(a), np.mean(b), np.mean(d)] + ([np.mean(c)] if c else []))), 4)
+    if per_pair:
+        c_of = iter(c)
+        res["per_pair"] = [round(float(np.mean([np.mean(a[j]), np.mean(b[j]), np.mean(d[j])]
+                                               + ([np.mean(next(c_of))] if pairs[j][3] is not None else []))), 4)
+                           for j in range(len(pairs))]
     return res
+
+
+def paired_difference(scores: list[float], baseline: list[float]) -> dict:
+    """Mean per-pair difference of two files' validation scores (same pairs) and its 95 %
+    interval (paired t): whether a candidate beats the shipped file by more than the spread of
+    the pairs, not only in the mean (one run's checkpoints differ by about 0.01)."""
+    from scipy import stats
+
+    diff = np.asarray(scores, float) - np.asarray(baseline, float)
+    ci = stats.ttest_rel(scores, baseline).confidence_interval(0.95)
+    return {"pairs": len(diff), "mean_difference": round(float(diff.mean()), 4),
+            "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)]}
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -752,7 +770,8 @@ def main(argv=None):
                     help="processes that make and correct examples (ExamplePool; 0 = in the trainer)")
     ap.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="WEIGHTS",
                     help="only score these refiner files on the run's validation pairs (training sources; "
-                         "the Pancakes starts come from the bundled Pancakes weights) and write OUT/evaluate.json")
+                         "the Pancakes starts come from the bundled Pancakes weights) and write OUT/evaluate.json, "
+                         "with each later file's per-pair difference from the first and its 95 %% interval")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -800,13 +819,16 @@ def main(argv=None):
     val = validation_pairs(sources)
     log(f"{len(val)} validation pairs from training sources")
 
-    def score_file(path) -> dict:
-        return evaluate(with_box_channel(load_refiner(path, device="cpu").net), config, val)
+    def score_file(path, per_pair: bool = False) -> dict:
+        return evaluate(with_box_channel(load_refiner(path, device="cpu").net), config, val, per_pair=per_pair)
 
     if args.evaluate:  # the same pairs for every file: a fair choice when the Pancakes starts changed
-        scores = {str(w): score_file(w) for w in args.evaluate}
+        scores = {str(w): score_file(w, per_pair=True) for w in args.evaluate}
+        first = scores[str(args.evaluate[0])]
         for w, ev in scores.items():
-            log(f"evaluate {w}: {ev}")
+            if w != str(args.evaluate[0]):  # each later file against the first (the shipped one)
+                ev["vs_first"] = paired_difference(ev["per_pair"], first["per_pair"])
+            log(f"evaluate {w}: { {k: v for k, v in ev.items() if k != 'per_pair'} }")
         (out / "evaluate.json").write_text(json.dumps(scores, indent=1))
         return
     if (out / "best.safetensors").is_file() and state["it"] > 0:

@@ -138,18 +138,25 @@ def run(args) -> dict:
                 entry[method][mode] = summarise(np.array(curves), times, args.clicks)
             print(name, method, {m: entry[method][m]["dice"][5] for m in MODES}, flush=True)
         res["sets"][name] = entry
-    res["mean"] = {}
-    for method in args.methods:
-        res["mean"][method] = {}
-        for mode in MODES:
-            es = [e[method][mode] for e in res["sets"].values()]
-            res["mean"][method][mode] = {k: [round(float(v), 4) for v in np.mean([e[k] for e in es], 0)]
-                                         if k == "dice" else round(float(np.mean([e[k] for e in es])), 2)
-                                         for k in ("dice", "noc85", "noc90", "reached85")}
-            res["mean"][method][mode]["ms_per_prompt_median"] = round(float(np.median(
-                [e["ms_per_prompt_median"] for e in es])), 1)
+    res["mean"] = mean_over_sets(res["sets"], args.methods)
     res["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     return res
+
+
+def mean_over_sets(sets: dict, methods) -> dict:
+    """The "mean" row: per method and mode, the mean over datasets of their :func:`summarise`
+    entries (the median of their ms per prompt)."""
+    out = {}
+    for method in methods:
+        out[method] = {}
+        for mode in MODES:
+            es = [e[method][mode] for e in sets.values()]
+            out[method][mode] = {k: [round(float(v), 4) for v in np.mean([e[k] for e in es], 0)]
+                                 if k == "dice" else round(float(np.mean([e[k] for e in es])), 2)
+                                 for k in ("dice", "noc85", "noc90", "reached85")}
+            out[method][mode]["ms_per_prompt_median"] = round(float(np.median(
+                [e["ms_per_prompt_median"] for e in es])), 1)
+    return out
 
 
 def to_markdown(res: dict) -> str:

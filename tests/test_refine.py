@@ -356,12 +356,9 @@ def test_refine_benchmark_targets_table_per_dataset(tmp_path):
     for name, a, b in (("easy", easy_a, easy_b), ("hard", hard, hard)):
         sets[name]["hybrid"] = {m: bench.summarise(c, [0.01], n) for m, c in
                                 (("a_nothing", a), ("b_pancakes", b), ("c_box", a))}
-    mean = {"hybrid": {m: {k: (np.mean([sets[s]["hybrid"][m][k] for s in sets], 0).tolist() if k == "dice" else
-                               float(np.mean([sets[s]["hybrid"][m][k] for s in sets])))
-                           for k in ("dice", "noc85", "noc90", "reached85", "ms_per_prompt_median")}
-                       for m in bench.MODES}}
     res = {"clicks": n, "weights": "w", "weights_meta": {}, "max_images": 2, "cpu_count": 2,
-           "load_average_1min_end": 1.0, "methods": ["hybrid"], "sets": sets, "mean": mean}
+           "load_average_1min_end": 1.0, "methods": ["hybrid"], "sets": sets,
+           "mean": bench.mean_over_sets(sets, ["hybrid"])}
     md = bench.to_markdown(res)
     assert "| hybrid | easy | 95.0 | 2.00 | 1.00 | 0.50 | 100 % | 100 % |" in md
     assert "| hybrid | hard | 50.0 | 5.00 | 5.00 | 1.00 | 0 % | 0 % |" in md

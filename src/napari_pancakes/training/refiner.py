@@ -648,23 +648,22 @@ def evaluate(net, config, pairs, n_clicks: int = 5, per_pair: bool = False) -> d
             out.append(dice(pred, target))
         return out
 
-    a, b, c, d = [], [], [], []
+    a, b, c, d, each = [], [], [], [], []
     for j, (_, img, target, pstart) in enumerate(pairs):
         a.append(run(img, target, None, None, n_clicks))
         d.append(run(img, target, mask_prior(corrupt_mask(target, np.random.default_rng(j))), None, 3))
         b.append(run(img, target, None, simulate_box(target, None), 3))
         if pstart is not None:
             c.append(run(img, target, mask_prior(pstart), None, 3))
+        each.append(np.mean([np.mean(a[-1]), np.mean(b[-1]), np.mean(d[-1])]
+                            + ([np.mean(c[-1])] if pstart is not None else [])))
     net.train()
     res = {"nothing": np.round(np.mean(a, 0), 4).tolist(), "box": np.round(np.mean(b, 0), 4).tolist(),
            "pancakes": np.round(np.mean(c, 0), 4).tolist() if c else [],
            "corrupted": np.round(np.mean(d, 0), 4).tolist()}
     res["score"] = round(float(np.mean([np.mean(a), np.mean(b), np.mean(d)] + ([np.mean(c)] if c else []))), 4)
     if per_pair:
-        c_of = iter(c)
-        res["per_pair"] = [round(float(np.mean([np.mean(a[j]), np.mean(b[j]), np.mean(d[j])]
-                                               + ([np.mean(next(c_of))] if pairs[j][3] is not None else []))), 4)
-                           for j in range(len(pairs))]
+        res["per_pair"] = [round(float(v), 4) for v in each]
     return res
 
 
@@ -824,10 +823,10 @@ def main(argv=None):
 
     if args.evaluate:  # the same pairs for every file: a fair choice when the Pancakes starts changed
         scores = {str(w): score_file(w, per_pair=True) for w in args.evaluate}
-        first = scores[str(args.evaluate[0])]
+        first_key = str(args.evaluate[0])
         for w, ev in scores.items():
-            if w != str(args.evaluate[0]):  # each later file against the first (the shipped one)
-                ev["vs_first"] = paired_difference(ev["per_pair"], first["per_pair"])
+            if w != first_key:  # each later file against the first (the shipped one)
+                ev["vs_first"] = paired_difference(ev["per_pair"], scores[first_key]["per_pair"])
             log(f"evaluate {w}: { {k: v for k, v in ev.items() if k != 'per_pair'} }")
         (out / "evaluate.json").write_text(json.dumps(scores, indent=1))
         return

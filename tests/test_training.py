@@ -535,6 +535,37 @@ def test_refiner_crops_can_be_inverted():
         assert (img[target].mean() > img[~target].mean()) == brighter_inside
 
 
+def test_modality_augment_keeps_the_structure_and_its_target_aligned():
+    """modality_augment changes intensities but not where things are: over many draws, a bright
+    bar stays brighter than its surround, its target moves with the image through the
+    transposition and flips of Source.sample (a horizontal bar sometimes arrives vertical, never
+    apart from its image), and values stay in [0, 1]."""
+    import types
+
+    from napari_pancakes.training.augment import modality_augment
+    from napari_pancakes.training.refiner import Recipe, Source
+
+    rng = np.random.default_rng(0)
+    bar = np.zeros((64, 64), bool)
+    bar[26:38, 4:60] = True
+    image = np.where(bar, 0.8, 0.2).astype(np.float32)
+    outs = [modality_augment(rng, image) for _ in range(40)]
+    assert all(o.shape == image.shape and o.dtype == np.float32 and 0 <= o.min() and o.max() <= 1 for o in outs)
+    assert all(o[bar].mean() > o[~bar].mean() for o in outs)
+    assert np.mean([np.abs(o - image).mean() for o in outs]) > 0.02  # it does change the image
+    ds = types.SimpleNamespace(name="bar", images=np.stack([image] * 3), labels=np.stack([bar.astype(np.uint8)] * 3),
+                               groups=[], validation_mask=lambda: np.array([False, False, True]))
+    src = Source(ds, 32)
+    vertical = []
+    for seed in range(30):
+        img, target, _ = src.sample(np.random.default_rng(seed), False, Recipe(augment_prob=1.0))
+        assert target.any() and (~target).any()
+        assert img[target].mean() > img[~target].mean() + 0.1
+        ys, xs = np.nonzero(target)
+        vertical.append(np.ptp(ys) > np.ptp(xs))
+    assert 0 < sum(vertical) < len(vertical)
+
+
 def test_pancakes_training_reads_a_pack(tmp_path):
     """`train --pack` (a lent GPU machine has no data root) trains and validates on the packed
     datasets, split by subject as from the data root."""

@@ -138,6 +138,26 @@ def _intensity(rng, img: np.ndarray, p_bc, p_sharp, p_blur, p_noise, contrast, b
     return img
 
 
+def modality_augment(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """One (H, W) image in [0, 1] as another scanner or modality might show the same structure:
+    a random monotone intensity curve, speckle (multiplicative noise, as in ultrasound and OCT),
+    then blur, sharpening or additive noise (:func:`_intensity`); renormalised, as the predictor
+    normalises every image, so a linear change alone would be a no-op.
+
+    Why: the click model trained on 14 sources with flips and gamma only fails on unseen
+    modalities (OCT fluid, H&E nuclei; benchmarks/results/refine-combined.md), and ScribblePrompt
+    trains with heavy intensity augmentation for the same reason (refiner ``Recipe.augment_prob``)."""
+    img = np.clip(image.astype(np.float32), 0, 1)
+    if rng.random() < 0.5:
+        knots = np.concatenate([[0.0], np.cumsum(rng.gamma(1.0, 1.0, 8))])
+        img = np.interp(img, np.linspace(0, 1, 9), knots / knots[-1]).astype(np.float32)
+    if rng.random() < 0.3:
+        speckle = ndi.gaussian_filter(rng.normal(0, 1, img.shape), rng.uniform(0, 1.0))
+        img = img * (1 + rng.uniform(0.05, 0.3) * speckle / max(float(speckle.std()), 1e-6)).astype(np.float32)
+    img = _intensity(rng, img[None], 0.0, 0.25, 0.3, 0.4, (1.0, 1.0), 1.5, 3.0)[0]
+    return normalize_intensity(img)
+
+
 def augment_set(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray,
                 cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Within-set then across-set augmentation of images (S, H, W) in [0, 1] and labels (S, H, W).

@@ -42,6 +42,7 @@ from ..preprocess import normalize_intensity, resize_image
 from ..refine.network import MASK_LOGIT, RefinerConfig, RefinerNet, encode_input, with_box_channel
 from ..io_weights import save_weights
 from ..refine.predictor import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT, load_refiner
+from .augment import modality_augment
 from .simulate import dice, next_click
 from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets, read_pack
 
@@ -67,6 +68,7 @@ class Recipe:
     small_radii: tuple[float, float] = SMALL_RADII  # ... its painted shapes' semi-axes, grid px
     invert_prob: float = 0.0  # the crop's intensities inverted (polarity differs between modalities)
     poor_start_prob: float = 0.0  # pancakes_start: any overlapping label, not the best
+    augment_prob: float = 0.0  # modality_augment on a real crop (+ transposition): unseen scanners
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -306,6 +308,11 @@ class Source:
             img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)
             if recipe.invert_prob and rng.random() < recipe.invert_prob:
                 img = 1 - img
+            if recipe.augment_prob and rng.random() < recipe.augment_prob:
+                img = modality_augment(rng, img)
+                if rng.random() < 0.5:  # with the flips below: all eight right-angle orientations
+                    img, target = img.T, target.T
+                    pan = pan.transpose(0, 2, 1) if pan is not None else None
             if rng.random() < 0.5:
                 img, target = img[:, ::-1], target[:, ::-1]
                 pan = pan[:, :, ::-1] if pan is not None else None
@@ -758,6 +765,9 @@ def main(argv=None):
                     help="range of a painted small shape's semi-axes in working-grid pixels (small_target)")
     ap.add_argument("--invert-prob", type=float, default=0.0,
                     help="share of real crops whose intensities are inverted (Source.sample)")
+    ap.add_argument("--augment-prob", type=float, default=0.0,
+                    help="share of real crops shown as another scanner might (augment.modality_augment: "
+                         "intensity curve, speckle, blur, noise) and transposed half the time")
     ap.add_argument("--leave-out", default=",".join(LEAVE_OUT),
                     help="comma-separated datasets not read ('' = train on all: the stage that ships, once "
                          "the recipe is settled on the leave-out benchmark)")
@@ -839,7 +849,8 @@ def main(argv=None):
 
     recipe = Recipe(superpixel_prob=args.superpixel_prob, similar_prob=args.similar_prob,
                     small_prob=args.small_prob, small_radii=tuple(args.small_radii),
-                    invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob)
+                    invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob,
+                    augment_prob=args.augment_prob)
     run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device,
                 "recipe": asdict(recipe)}  # into best.safetensors
     pool = ExamplePool(sources, args.workers, config, recipe) if args.workers > 0 else None

@@ -17,6 +17,10 @@ Writes ``benchmarks/results/refine.{json,md}`` (``--tag`` adds a suffix).
 ``--sizes`` writes only ``refine-sizes[-TAG].{json,md}`` (:func:`size_fidelity`: one click on
 synthetic discs of radius 2-40 px; no data needed).
 
+``--compare BASE.json CANDIDATE.json`` writes only ``refine-compare[-TAG].{json,md}``
+(:func:`compare`: per-image paired differences with 95 % intervals; results written since the
+per-image curves were kept).
+
 ``--ceiling`` writes only ``refine-ceiling.{json,md}``: what any click model could reach on
 these targets, with no model run. "grid": Dice of the truth after the refiner's 128 x 128
 working grid and back (the cost of the grid); "k components": Dice of the truth's k largest
@@ -75,7 +79,47 @@ def summarise(curves: np.ndarray, times, n: int) -> dict:
             "noc85": round(float(np.mean([clicks_to_reach(c, 0.85, n) for c in curves])), 2),
             "noc90": round(float(np.mean([clicks_to_reach(c, 0.90, n) for c in curves])), 2),
             "reached85": round(float(np.mean((curves >= 0.85).any(1))), 3),
-            "ms_per_prompt_median": round(1000 * float(np.median(times)), 1) if times else None}
+            "ms_per_prompt_median": round(1000 * float(np.median(times)), 1) if times else None,
+            "per_image": [[round(float(v), 4) for v in c] for c in curves]}
+
+
+def compare(base: dict, cand: dict, at: int = 5) -> dict:
+    """Paired per-image differences (candidate - base) of two results on the same images: Dice
+    after ``at`` clicks and the mean over clicks 1..N, per method and start, pooled over the
+    datasets' images, with 95 % intervals (``training.refiner.paired_difference``). Why: two
+    stage-1 files differ by about one point on the 48-image mean, the size of that mean's own
+    spread, so a recipe choice needs the interval, not two means."""
+    from napari_pancakes.training.refiner import paired_difference
+
+    out = {"base": base["weights"], "candidate": cand["weights"], "at": at, "methods": {}}
+    for method in [m for m in base["methods"] if m in cand["methods"]]:
+        out["methods"][method] = {}
+        for mode in MODES:
+            pairs = []
+            for name, entry in base["sets"].items():
+                other = cand["sets"].get(name, {})
+                if other.get("image_indices") != entry["image_indices"] or mode == "b_pancakes" and \
+                        other.get("best_pair") != entry["best_pair"]:
+                    raise SystemExit(f"{name}: the two results are not on the same images and starts")
+                pairs += list(zip(entry[method][mode]["per_image"], other[method][mode]["per_image"]))
+            b, c = (np.array(x) for x in zip(*pairs))
+            out["methods"][method][mode] = {f"dice_at_{at}": paired_difference(list(c[:, at]), list(b[:, at])),
+                                            "mean_1_to_n": paired_difference(list(c[:, 1:].mean(1)), list(b[:, 1:].mean(1)))}
+    return out
+
+
+def compare_markdown(res: dict) -> str:
+    at = res["at"]
+    md = (f"# Paired comparison on the leave-out images\n\nCandidate `{res['candidate']}` minus base `{res['base']}`, "
+          f"per image (all datasets' images pooled), Dice points; 95 % interval (paired t). See `bench_refine.py --compare`.\n\n"
+          f"| method | start | images | Dice after {at} | interval | mean over 1..N | interval |\n|---|---|---|---|---|---|---|\n")
+    for method, modes in res["methods"].items():
+        for mode, r in modes.items():
+            d, m = r[f"dice_at_{at}"], r["mean_1_to_n"]
+            md += (f"| {method} | {MODE_NAMES[mode]} | {d['pairs']} | {100 * d['mean_difference']:+.1f} | "
+                   f"{100 * d['ci95'][0]:+.1f} .. {100 * d['ci95'][1]:+.1f} | {100 * m['mean_difference']:+.1f} | "
+                   f"{100 * m['ci95'][0]:+.1f} .. {100 * m['ci95'][1]:+.1f} |\n")
+    return md
 
 
 def run(args) -> dict:
@@ -312,6 +356,9 @@ def main(argv=None):
                     help="a result file whose curves for the same images are reused (for 'classical', which needs no weights)")
     ap.add_argument("--markdown", type=Path, default=None, metavar="RESULT_JSON",
                     help="only write RESULT.md again from RESULT.json (a result of this benchmark's main mode)")
+    ap.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("BASE_JSON", "CANDIDATE_JSON"),
+                    help="only the paired per-image comparison of two results on the same images, "
+                         "refine-compare[-TAG].*")
     ap.add_argument("--sizes", action="store_true",
                     help="only the one-click size check on synthetic discs (no data needed), refine-sizes[-TAG].*")
     args = ap.parse_args(argv)
@@ -320,6 +367,11 @@ def main(argv=None):
     tagged = lambda stem: stem + (f"-{args.tag}" if args.tag else "")  # noqa: E731
     if args.markdown:
         args.markdown.with_suffix(".md").write_text(to_markdown(json.loads(args.markdown.read_text())))
+        return 0
+    if args.compare:
+        args.out.mkdir(parents=True, exist_ok=True)
+        res = compare(*(json.loads(p.read_text()) for p in args.compare))
+        write_results(args.out, tagged("refine-compare"), res, compare_markdown(res))
         return 0
     if args.sizes:
         args.out.mkdir(parents=True, exist_ok=True)

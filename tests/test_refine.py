@@ -366,3 +366,44 @@ def test_refine_benchmark_targets_table_per_dataset(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(res))
     assert bench.main(["--markdown", str(tmp_path / "r.json")]) == 0
     assert (tmp_path / "r.md").read_text() == md
+
+
+def test_refine_benchmark_compares_two_results_image_by_image(tmp_path):
+    """``--compare`` pools the per-image curves of two results on the same images: a candidate
+    better on every image by 0.1 after 5 clicks gets +10.0 with an interval above zero; one that
+    is better on some images and worse on others gets an interval around zero; results on
+    different images are refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_refine.py"
+    spec = importlib.util.spec_from_file_location("bench_refine", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    base_curves = {name: np.clip(np.sort(rng.uniform(0, 0.9, (6, 11)), 1), 0, 1) for name in ("x", "y")}
+
+    def result(shift, indices=(0, 1, 2, 3, 4, 5)):
+        sets = {}
+        for name, c in base_curves.items():
+            c = np.clip(c + shift(c.shape), 0, 1)
+            sets[name] = {"images": 6, "image_indices": list(indices), "best_pair": [0, 1], "best_pair_set_dice": 0.5,
+                          "hybrid": {m: bench.summarise(c, [0.01], 10) for m in bench.MODES}}
+        return {"weights": "w", "methods": ["hybrid"], "sets": sets}
+
+    base = result(lambda s: 0)
+    plus_ten = lambda s: np.where(np.arange(s[0])[:, None] % 2, 0.105, 0.095) * np.ones(s)  # noqa: E731
+    better = bench.compare(base, result(plus_ten))["methods"]["hybrid"]["a_nothing"]["dice_at_5"]
+    assert better["pairs"] == 12 and abs(better["mean_difference"] - 0.1) < 0.01 and better["ci95"][0] > 0
+    mixed = bench.compare(base, result(lambda s: np.where(np.arange(s[0])[:, None] % 2, 0.05, -0.05) * np.ones(s)))
+    ci = mixed["methods"]["hybrid"]["c_box"]["mean_1_to_n"]["ci95"]
+    assert ci[0] < 0 < ci[1]
+    with pytest.raises(SystemExit):
+        bench.compare(base, result(lambda s: 0, indices=(0, 1, 2, 3, 4, 7)))
+    for i, r in enumerate((base, result(plus_ten))):
+        (tmp_path / f"{i}.json").write_text(json.dumps(r))
+    assert bench.main(["--compare", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--out", str(tmp_path)]) == 0
+    assert "| hybrid | (a) nothing | 12 | +10.0 |" in (tmp_path / "refine-compare.md").read_text()

@@ -335,18 +335,25 @@ def test_walker_with_a_prior_solves_iteratively_to_the_direct_answer(monkeypatch
     assert np.array_equal(iterative > 0.5, direct > 0.5)
 
 
-def test_refine_benchmark_targets_table_per_dataset(tmp_path):
-    """The benchmark's Targets table gives the NoC ratio per dataset as well as on average, and
-    ``--markdown`` writes the table again from a result file (the mean ratio alone hides that a
-    dataset neither start reaches 85 on counts 10 against 10)."""
+def _bench_refine():
+    """benchmarks/bench_refine.py as a module (benchmarks/ is not a package)."""
     import importlib.util
-    import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_refine.py"
     spec = importlib.util.spec_from_file_location("bench_refine", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_refine_benchmark_targets_table_per_dataset(tmp_path):
+    """The benchmark's Targets table gives the NoC ratio per dataset as well as on average, and
+    ``--markdown`` writes the table again from a result file (the mean ratio alone hides that a
+    dataset neither start reaches 85 on counts 10 against 10)."""
+    import json
+
+    bench = _bench_refine()
     n = 5
     easy_a = np.array([[0, 0.5, 0.9, 0.95, 0.95, 0.95]] * 2)  # NoC@85 = 2
     easy_b = np.array([[0.6, 0.9, 0.9, 0.95, 0.95, 0.95]] * 2)  # NoC@85 = 1
@@ -373,16 +380,11 @@ def test_refine_benchmark_compares_two_results_image_by_image(tmp_path):
     better on every image by 0.1 after 5 clicks gets +10.0 with an interval above zero; one that
     is better on some images and worse on others gets an interval around zero; results on
     different images are refused."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     import pytest
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_refine.py"
-    spec = importlib.util.spec_from_file_location("bench_refine", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_refine()
     rng = np.random.default_rng(0)
     base_curves = {name: np.clip(np.sort(rng.uniform(0, 0.9, (6, 11)), 1), 0, 1) for name in ("x", "y")}
 

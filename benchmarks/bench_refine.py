@@ -91,16 +91,17 @@ def compare(base: dict, cand: dict, at: int = 5) -> dict:
     spread, so a recipe choice needs the interval, not two means."""
     from napari_pancakes.training.refiner import paired_difference
 
+    for name, entry in base["sets"].items():
+        other = cand["sets"].get(name, {})
+        if any(other.get(key) != entry[key] for key in ("image_indices", "best_pair")):
+            raise SystemExit(f"{name}: the two results are not on the same images and starts")
     out = {"base": base["weights"], "candidate": cand["weights"], "at": at, "methods": {}}
     for method in [m for m in base["methods"] if m in cand["methods"]]:
         out["methods"][method] = {}
         for mode in MODES:
             pairs = []
             for name, entry in base["sets"].items():
-                other = cand["sets"].get(name, {})
-                if other.get("image_indices") != entry["image_indices"] or mode == "b_pancakes" and \
-                        other.get("best_pair") != entry["best_pair"]:
-                    raise SystemExit(f"{name}: the two results are not on the same images and starts")
+                other = cand["sets"][name]
                 pairs += list(zip(entry[method][mode]["per_image"], other[method][mode]["per_image"]))
             b, c = (np.array(x) for x in zip(*pairs))
             out["methods"][method][mode] = {f"dice_at_{at}": paired_difference(list(c[:, at]), list(b[:, at])),

@@ -566,6 +566,23 @@ def test_modality_augment_keeps_the_structure_and_its_target_aligned():
     assert 0 < sum(vertical) < len(vertical)
 
 
+def test_box_prob_sets_the_share_of_boxes_among_first_prompts():
+    """Recipe.box_prob is the share of examples with no starting mask whose first prompt is a
+    box: none at 0, all at 1, about that share between (the others start from clicks or a
+    scribble); an example with a starting mask never gets a box."""
+    from napari_pancakes.training.refiner import Recipe, make_example
+
+    for box_prob in (0.0, 0.4, 1.0):
+        rng = np.random.default_rng(1)
+        examples = [make_example([], rng, 32, Recipe(box_prob=box_prob)) for _ in range(300)]
+        fresh = [e for e in examples if e.prior is None]
+        boxed = [e.box is not None for e in fresh]
+        assert all(e.box is None for e in examples if e.prior is not None)
+        assert abs(np.mean(boxed) - box_prob) < 0.1
+        if box_prob < 1:
+            assert any(e.pos or e.smaps[0] is not None for e in fresh if e.box is None)
+
+
 def test_pancakes_training_reads_a_pack(tmp_path):
     """`train --pack` (a lent GPU machine has no data root) trains and validates on the packed
     datasets, split by subject as from the data root."""

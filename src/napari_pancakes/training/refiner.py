@@ -69,6 +69,8 @@ class Recipe:
     invert_prob: float = 0.0  # the crop's intensities inverted (polarity differs between modalities)
     poor_start_prob: float = 0.0  # pancakes_start: any overlapping label, not the best
     augment_prob: float = 0.0  # modality_augment on a real crop (+ transposition): unseen scanners
+    box_prob: float = 0.25  # a box as the first prompt of an example with no starting mask
+    # (the rest of those: clicks with probability 0.5, else a scribble)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -494,10 +496,10 @@ def make_example(sources, rng, r: int, recipe: Recipe = Recipe()) -> Example:
             if rng.random() < 0.8:
                 correction(start, target, rng, ex.pos, ex.neg, ex.smaps, scribble_prob=0.25)
         else:
-            u = rng.random()
-            if u < 0.5:
+            u, clicks = rng.random(), (1 - recipe.box_prob) * 2 / 3
+            if u < clicks:
                 correction(np.zeros_like(target), target, rng, ex.pos, ex.neg, ex.smaps, scribble_prob=0.0)
-            elif u < 0.75:
+            elif u < clicks + recipe.box_prob:
                 ex.box = simulate_box(target, rng)
             else:
                 ex.smaps[0] = simulate_scribble(target, rng)
@@ -765,6 +767,9 @@ def main(argv=None):
                     help="range of a painted small shape's semi-axes in working-grid pixels (small_target)")
     ap.add_argument("--invert-prob", type=float, default=0.0,
                     help="share of real crops whose intensities are inverted (Source.sample)")
+    ap.add_argument("--box-prob", type=float, default=Recipe.box_prob,
+                    help="share of examples without a starting mask whose first prompt is a box "
+                         "(the rest: clicks twice as often as a scribble)")
     ap.add_argument("--augment-prob", type=float, default=0.0,
                     help="share of real crops shown as another scanner might (augment.modality_augment: "
                          "intensity curve, speckle, blur, noise) and transposed half the time")
@@ -850,7 +855,7 @@ def main(argv=None):
     recipe = Recipe(superpixel_prob=args.superpixel_prob, similar_prob=args.similar_prob,
                     small_prob=args.small_prob, small_radii=tuple(args.small_radii),
                     invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob,
-                    augment_prob=args.augment_prob)
+                    augment_prob=args.augment_prob, box_prob=args.box_prob)
     run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device,
                 "recipe": asdict(recipe)}  # into best.safetensors
     pool = ExamplePool(sources, args.workers, config, recipe) if args.workers > 0 else None

@@ -581,6 +581,8 @@ def test_box_prob_sets_the_share_of_boxes_among_first_prompts():
         assert abs(np.mean(boxed) - box_prob) < 0.1
         if box_prob < 1:
             assert any(e.pos or e.smaps[0] is not None for e in fresh if e.box is None)
+    with pytest.raises(ValueError, match="box_prob"):
+        Recipe(box_prob=1.5)
 
 
 def test_pancakes_training_reads_a_pack(tmp_path):

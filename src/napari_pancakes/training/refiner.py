@@ -72,6 +72,12 @@ class Recipe:
     box_prob: float = 0.25  # a box as the first prompt of an example with no starting mask
     # (the rest of those: clicks with probability 0.5, else a scribble)
 
+    def __post_init__(self):
+        # a share outside [0, 1] would silently act as 0 or 1 in make_example: refuse it
+        bad = {k: v for k, v in asdict(self).items() if k.endswith("_prob") and not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"recipe shares must lie in [0, 1]: {bad}")
+
 
 # --- data -----------------------------------------------------------------------------------
 def ellipse_coords(yy, xx, cy: float, cx: float, a: float, b: float, th: float):
@@ -787,6 +793,13 @@ def main(argv=None):
                          "the Pancakes starts come from the bundled Pancakes weights) and write OUT/evaluate.json, "
                          "with each later file's per-pair difference from the first and its 95 %% interval")
     args = ap.parse_args(argv)
+    try:  # before anything is read or written
+        recipe = Recipe(superpixel_prob=args.superpixel_prob, similar_prob=args.similar_prob,
+                        small_prob=args.small_prob, small_radii=tuple(args.small_radii),
+                        invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob,
+                        augment_prob=args.augment_prob, box_prob=args.box_prob)
+    except ValueError as err:
+        ap.error(str(err))
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -852,10 +865,6 @@ def main(argv=None):
         log(f"best.safetensors on these validation pairs: {again['score']} (recorded: {state['best_score']})")
         state["best_score"] = again["score"]
 
-    recipe = Recipe(superpixel_prob=args.superpixel_prob, similar_prob=args.similar_prob,
-                    small_prob=args.small_prob, small_radii=tuple(args.small_radii),
-                    invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob,
-                    augment_prob=args.augment_prob, box_prob=args.box_prob)
     run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device,
                 "recipe": asdict(recipe)}  # into best.safetensors
     pool = ExamplePool(sources, args.workers, config, recipe) if args.workers > 0 else None

@@ -370,12 +370,10 @@ def main(argv=None):
         args.markdown.with_suffix(".md").write_text(to_markdown(json.loads(args.markdown.read_text())))
         return 0
     if args.compare:
-        args.out.mkdir(parents=True, exist_ok=True)
         res = compare(*(json.loads(p.read_text()) for p in args.compare))
         write_results(args.out, tagged("refine-compare"), res, compare_markdown(res))
         return 0
     if args.sizes:
-        args.out.mkdir(parents=True, exist_ok=True)
         res = size_fidelity(args.weights, args.methods)
         write_results(args.out, tagged("refine-sizes"), res, sizes_markdown(res))
         return 0
@@ -383,7 +381,6 @@ def main(argv=None):
     if data_root(args.data) is None or not data_root(args.data).is_dir():
         print("skip: no data root (--data or $NAPARI_PANCAKES_DATA)", file=sys.stderr)
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.ceiling:
         res = ceilings(data_root(args.data), args.max_images, args.cache)
         cols = list(next(iter(res.values())))
@@ -399,6 +396,7 @@ def main(argv=None):
 
 def write_results(out: Path, stem: str, res: dict, md: str) -> None:
     """OUT/STEM.json and OUT/STEM.md, and the table on stdout (every mode of this benchmark)."""
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (out / f"{stem}.md").write_text(md)
     print(md)

@@ -382,8 +382,6 @@ def test_refine_benchmark_compares_two_results_image_by_image(tmp_path):
     different images are refused."""
     import json
 
-    import pytest
-
     bench = _bench_refine()
     rng = np.random.default_rng(0)
     base_curves = {name: np.clip(np.sort(rng.uniform(0, 0.9, (6, 11)), 1), 0, 1) for name in ("x", "y")}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Refiner training on a lent GPU machine (the `device` tool), both stages side by side.
 #   here:   python -m napari_pancakes.training pack --res 256 devpack/train-256.npz  (--overwrite to redo)
-#   there:  MINUTES=6.3 bash campaign/gpu_refiner.sh DEST
+#   there:  MINUTES=6.3 bash campaign/gpu_refiner.sh $OUT    (then here: tar -xf FILES_AT/gpu-runs.tar)
 #   resume: G1=campaign/refiner-gpu-superpixel G2=campaign/refiner-gpu-all MINUTES=10.5 bash campaign/gpu_refiner.sh DEST
 # The machine cannot reach ../shared and receives at most 64 MiB, so the datasets travel as one
 # write_pack file (JPEG images, exact labels; ~35 MB) in devpack/ (git-ignored, named in carry).
@@ -27,9 +27,14 @@ G1="${G1:-runs/gpu-g1}"; G2="${G2:-runs/gpu-g2}"
 $RUN --out "$G1" --init "${INIT1:-campaign/refiner-superpixel/best.safetensors}" > runs/gpu-g1.txt 2>&1 &
 $RUN --out "$G2" --leave-out "" --init "${INIT2:-src/napari_pancakes/weights/refiner_default.safetensors}" > runs/gpu-g2.txt 2>&1 &
 wait
+# One file back: the device returns at most 8 files from a call (in session 11 two run folders
+# written straight into DEST lost the stage-2 optimiser checkpoint). Unpack here with tar -xf.
+STAGE=runs/gpu-stage; rm -rf "$STAGE"
 for g in g1 g2; do
-  mkdir -p "$DEST/$g"
+  mkdir -p "$STAGE/$g"
   tail -5 runs/gpu-$g.txt
   [ $g = g1 ] && dir="$G1" || dir="$G2"
-  cp "$dir"/best.safetensors "$dir"/checkpoint.safetensors "$dir"/checkpoint.json "$dir"/log.txt "$DEST/$g/"
+  cp "$dir"/best.safetensors "$dir"/checkpoint.safetensors "$dir"/checkpoint.json "$dir"/log.txt "$STAGE/$g/"
+  cp runs/gpu-$g.txt "$STAGE/$g/stdout.txt"
 done
+mkdir -p "$DEST" && tar -cf "$DEST/gpu-runs.tar" -C "$STAGE" g1 g2

@@ -70,6 +70,7 @@ class Recipe:
     poor_start_prob: float = 0.0  # pancakes_start: any overlapping label, not the best
     augment_prob: float = 0.0  # modality_augment on a real crop (+ transposition): unseen scanners
     box_prob: float = 0.25  # a box as the first prompt of an example with no starting mask
+    zoom_out_prob: float = 0.0  # zoom_out on a real crop: structures smaller than any crop shows them
     # (the rest of those: clicks with probability 0.5, else a scribble)
 
     def __post_init__(self):
@@ -199,6 +200,26 @@ def similar_regions_target(img: np.ndarray, rng: np.random.Generator, min_px: in
     return target if 0.01 <= target.mean() <= max_share else None
 
 
+def zoom_out(rng: np.random.Generator, img: np.ndarray, lab: np.ndarray, lo: float = 0.4, hi: float = 0.8):
+    """(image, label map) shrunk to a random ``lo``-``hi`` share of the grid side and mirrored out to
+    fill it again, at a random offset.
+
+    A crop only ever enlarges a dataset's structures (crops are half to all of the image), so
+    every structure the network learnt filled at least its native share of the field of view.
+    Images it never saw can show them much smaller (nuclei in a whole tile, fluid pockets in a
+    wide OCT scan); here they appear at down to 0.4 of that, and the mirrored copies are more
+    instances of the same label, as in a tile of many nuclei.
+    """
+    r = img.shape[0]
+    s = int(round(r * rng.uniform(lo, hi)))
+    small = resize_image(img, (s, s))
+    step = lab.shape[0] / s
+    sel = np.minimum((np.arange(s) * step + step / 2).astype(int), lab.shape[0] - 1)
+    y0, x0 = rng.integers(0, r - s + 1, 2)
+    pads = ((y0, r - s - y0), (x0, r - s - x0))
+    return np.pad(small, pads, mode="symmetric"), np.pad(lab[np.ix_(sel, sel)], pads, mode="symmetric")
+
+
 def small_target(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, min_px: int = 6,
                  max_share: float = 0.015,
                  radii: tuple[float, float] = SMALL_RADII) -> tuple[np.ndarray, np.ndarray] | None:
@@ -299,6 +320,8 @@ class Source:
                 sel = np.minimum((np.arange(r) * step + step / 2).astype(int), s - 1)
                 lab = self.labels[i, y0:y0 + s, x0:x0 + s][np.ix_(sel, sel)]
                 pan = None
+                if recipe.zoom_out_prob and rng.random() < recipe.zoom_out_prob:
+                    img, lab = zoom_out(rng, img, lab)
             target = None
             u = rng.random() if pan is None else 1.0
             if u < recipe.similar_prob:
@@ -776,6 +799,8 @@ def main(argv=None):
     ap.add_argument("--box-prob", type=float, default=Recipe.box_prob,
                     help="share of examples without a starting mask whose first prompt is a box "
                          "(the rest: clicks twice as often as a scribble)")
+    ap.add_argument("--zoom-out-prob", type=float, default=0.0,
+                    help="share of real crops shrunk to 40-80 %% of the grid and mirrored out (zoom_out)")
     ap.add_argument("--augment-prob", type=float, default=0.0,
                     help="share of real crops shown as another scanner might (augment.modality_augment: "
                          "intensity curve, speckle, blur, noise) and transposed half the time")
@@ -797,7 +822,8 @@ def main(argv=None):
         recipe = Recipe(superpixel_prob=args.superpixel_prob, similar_prob=args.similar_prob,
                         small_prob=args.small_prob, small_radii=tuple(args.small_radii),
                         invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob,
-                        augment_prob=args.augment_prob, box_prob=args.box_prob)
+                        augment_prob=args.augment_prob, box_prob=args.box_prob,
+                        zoom_out_prob=args.zoom_out_prob)
     except ValueError as err:
         ap.error(str(err))
 

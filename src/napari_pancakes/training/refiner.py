@@ -70,8 +70,8 @@ class Recipe:
     poor_start_prob: float = 0.0  # pancakes_start: any overlapping label, not the best
     augment_prob: float = 0.0  # modality_augment on a real crop (+ transposition): unseen scanners
     box_prob: float = 0.25  # a box as the first prompt of an example with no starting mask
-    zoom_out_prob: float = 0.0  # zoom_out on a real crop: structures smaller than any crop shows them
     # (the rest of those: clicks with probability 0.5, else a scribble)
+    zoom_out_prob: float = 0.0  # zoom_out on a real crop: structures smaller than any crop shows them
 
     def __post_init__(self):
         # a share outside [0, 1] would silently act as 0 or 1 in make_example: refuse it
@@ -200,6 +200,14 @@ def similar_regions_target(img: np.ndarray, rng: np.random.Generator, min_px: in
     return target if 0.01 <= target.mean() <= max_share else None
 
 
+def nearest_labels(lab: np.ndarray, size: int) -> np.ndarray:
+    """A square label map resampled to (size, size) by the label at each new pixel's centre
+    (labels are never blended)."""
+    step = lab.shape[0] / size
+    sel = np.minimum((np.arange(size) * step + step / 2).astype(int), lab.shape[0] - 1)
+    return lab[np.ix_(sel, sel)]
+
+
 def zoom_out(rng: np.random.Generator, img: np.ndarray, lab: np.ndarray, lo: float = 0.4, hi: float = 0.8):
     """(image, label map) shrunk to a random ``lo``-``hi`` share of the grid side and mirrored out to
     fill it again, at a random offset.
@@ -213,11 +221,9 @@ def zoom_out(rng: np.random.Generator, img: np.ndarray, lab: np.ndarray, lo: flo
     r = img.shape[0]
     s = int(round(r * rng.uniform(lo, hi)))
     small = resize_image(img, (s, s))
-    step = lab.shape[0] / s
-    sel = np.minimum((np.arange(s) * step + step / 2).astype(int), lab.shape[0] - 1)
     y0, x0 = rng.integers(0, r - s + 1, 2)
     pads = ((y0, r - s - y0), (x0, r - s - x0))
-    return np.pad(small, pads, mode="symmetric"), np.pad(lab[np.ix_(sel, sel)], pads, mode="symmetric")
+    return np.pad(small, pads, mode="symmetric"), np.pad(nearest_labels(lab, s), pads, mode="symmetric")
 
 
 def small_target(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, min_px: int = 6,
@@ -287,10 +293,7 @@ class Source:
     def work(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Whole image i at working size (image, label map)."""
         img = resize_image(self.images[i].astype(np.float32), (self.r, self.r))
-        lab = self.labels[i]
-        step = lab.shape[0] / self.r
-        sel = np.minimum((np.arange(self.r) * step + step / 2).astype(int), lab.shape[0] - 1)
-        return img, lab[np.ix_(sel, sel)]
+        return img, nearest_labels(self.labels[i], self.r)
 
     def sample(self, rng, with_pancakes: bool, recipe: Recipe = Recipe()):
         """(image, target, pancakes labels or None) at working size, augmented; a crop's target is
@@ -299,7 +302,8 @@ class Source:
         probability ``recipe.superpixel_prob``, else a small target with an edge
         (:func:`small_target`) with probability ``recipe.small_prob``; the image is inverted
         (1 - intensity) with probability ``recipe.invert_prob``: the same structure can
-        be bright in one modality and dark in another. Trained without it, the stage-1 GPU file
+        be bright in one modality and dark in another; before the target is chosen, a crop is
+        shown smaller (:func:`zoom_out`) with probability ``recipe.zoom_out_prob``. Trained without inversion, the stage-1 GPU file
         reaches 43.4 Dice on duke_oct's fluid after 5 clicks, 57.4 with every image inverted, and
         on monuseg after a box 57.7 as is, 4.5 inverted (benchmarks/results/refine-gpu-superpixel.md
         and refine-gpu-superpixel-inverted.md, ``bench_refine.py --invert``)."""
@@ -316,9 +320,7 @@ class Source:
                 s = int(rng.integers(n // 2, n + 1))
                 y0, x0 = rng.integers(0, n - s + 1, 2)
                 img = resize_image(self.images[i, y0:y0 + s, x0:x0 + s].astype(np.float32), (r, r))
-                step = s / r
-                sel = np.minimum((np.arange(r) * step + step / 2).astype(int), s - 1)
-                lab = self.labels[i, y0:y0 + s, x0:x0 + s][np.ix_(sel, sel)]
+                lab = nearest_labels(self.labels[i, y0:y0 + s, x0:x0 + s], r)
                 pan = None
                 if recipe.zoom_out_prob and rng.random() < recipe.zoom_out_prob:
                     img, lab = zoom_out(rng, img, lab)

@@ -303,10 +303,11 @@ class Source:
         (:func:`small_target`) with probability ``recipe.small_prob``; the image is inverted
         (1 - intensity) with probability ``recipe.invert_prob``: the same structure can
         be bright in one modality and dark in another; before the target is chosen, a crop is
-        shown smaller (:func:`zoom_out`) with probability ``recipe.zoom_out_prob``. Trained without inversion, the stage-1 GPU file
-        reaches 43.4 Dice on duke_oct's fluid after 5 clicks, 57.4 with every image inverted, and
-        on monuseg after a box 57.7 as is, 4.5 inverted (benchmarks/results/refine-gpu-superpixel.md
-        and refine-gpu-superpixel-inverted.md, ``bench_refine.py --invert``)."""
+        shown smaller (:func:`zoom_out`) with probability ``recipe.zoom_out_prob``. Trained
+        without inversion, the stage-1 GPU file reaches 43.4 Dice on duke_oct's fluid after 5
+        clicks, 57.4 with every image inverted, and on monuseg after a box 57.7 as is, 4.5
+        inverted (benchmarks/results/refine-gpu-superpixel.md and
+        refine-gpu-superpixel-inverted.md, ``bench_refine.py --invert``)."""
         r = self.r
         for _ in range(20):
             if with_pancakes and self.pancakes:

@@ -43,10 +43,6 @@ HYBRID_GRID = "work"  # where the hybrid's walker runs: "work" (the network's gr
 IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this longer side
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
-FOCUS = False  # experiment (off: lost on lung CT, benchmarks/results/refiner-choice-session12/RULE-focus.md)
-FOCUS_LEVELS = (0.25, 0.5)  # window sides for a second look at a positive click, fraction of the longer side; finest first
-FOCUS_RATIO = 2.0  # ... used when the global part at the click is more than this many times the focused one
-FOCUS_CONTRAST = 3.0  # ... and the focused part's rim gradient is this many times the window's median
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
 
 
@@ -219,11 +215,6 @@ class RefineSession:
         clicks = st.clicks + tuple((y, x, True) for y, x in pos) + tuple((y, x, False) for y, x in neg)
         mask, logits = self._predict(clicks, st.box, st.scribbles)
         single = (pos + neg)[0] if len(pos) + len(neg) == 1 else None
-        if FOCUS and self.method != "classical" and pos and single is not None and st.box is None:
-            for zoom in FOCUS_LEVELS:
-                mask, logits, replaced = self._focus(st.mask, mask, logits, single, clicks, zoom)
-                if replaced:
-                    break
         if self.local_negative and single is not None and (neg or (LOCAL_POSITIVE and st.mask.any())):
             mask = localise(st.mask, mask, *single, LOCAL_RADIUS * max(self.shape))
             mask = honour_clicks(mask, clicks)
@@ -314,49 +305,6 @@ class RefineSession:
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
         return honour_clicks(keep_unchanged(self.state.mask, mask, res), clicks), logits
-
-    def _focus(self, previous, mask, logits, click, clicks, zoom):
-        """Experiment: the network's second look at a window of side ``zoom`` around a positive click."""
-        h, w = self.shape
-        side = max(8, int(round(zoom * max(h, w))))
-        y, x = int(round(click[0])), int(round(click[1]))
-        y0 = min(max(0, y - side // 2), max(0, h - side))
-        x0 = min(max(0, x - side // 2), max(0, w - side))
-        y1, x1 = min(h, y0 + side), min(w, x0 + side)
-        inside = [(cy - y0, cx - x0, s) for cy, cx, s in clicks if y0 <= cy < y1 and x0 <= cx < x1]
-        prev = previous[y0:y1, x0:x1]
-        lz = self.refiner.predict_logits(self.image[y0:y1, x0:x1], [(a, b) for a, b, s in inside if s],
-                                         [(a, b) for a, b, s in inside if not s], prev if prev.any() else None)[0]
-        mz = lz > 0
-        if not mz[y - y0, x - x0] or not mask[y, x]:
-            return mask, logits, False
-        lab, _ = ndi.label(mz)
-        cz = lab == lab[y - y0, x - x0]
-        edge = np.zeros_like(cz)
-        edge[0], edge[-1], edge[:, 0], edge[:, -1] = y0 > 0, y1 < h, x0 > 0, x1 < w
-        if (cz & edge).any():  # the window did not see the whole part
-            return mask, logits, False
-        norm = self._full_norm()
-        g = ndi.gaussian_gradient_magnitude(norm if norm.ndim == 2 else norm.mean(-1), 1.0)[y0:y1, x0:x1]
-        rim = (cz ^ ndi.binary_erosion(cz)) | (ndi.binary_dilation(cz) & ~cz)
-        if g[rim].mean() < FOCUS_CONTRAST * max(float(np.median(g)), 1e-6):  # not bounded by image edges
-            return mask, logits, False
-        lab_g, _ = ndi.label(mask)
-        cg = lab_g == lab_g[y, x]
-        if cg.sum() <= FOCUS_RATIO * cz.sum():
-            return mask, logits, False
-        full = np.zeros(self.shape, bool)
-        full[y0:y1, x0:x1] = cz
-        im = norm.reshape(h, w, -1)
-        extra, bg = cg & ~full, ~cg
-        if extra.any() and bg.any():
-            a_o, a_e, a_b = (im[m].mean(0) for m in (full, extra, bg))
-            if np.linalg.norm(a_e - a_o) < np.linalg.norm(a_e - a_b):  # the rest looks like the part: keep it
-                return mask, logits, False
-        out = mask.copy()
-        out[cg & ~previous] = False
-        out |= full
-        return out, self.refiner.prior_to_work(out, self.shape), True
 
     def _hybrid_on_image_grid(self, logits, p, n, box, scribbles) -> np.ndarray:
         """The hybrid's walker on the image's pixels (downscaled to ``IMAGE_GRID_MAX_SIDE``)."""

@@ -252,3 +252,24 @@ def test_box_and_scribble_from_shapes(setup, qtbot):
     _wait(qtbot, w)
     assert len(w.session.scribbles) == 2
     w.cancel()
+
+
+def test_start_from_nothing_ignores_the_label_and_accept_replaces_it(setup, qtbot):
+    viewer, w, lab, labels0, disk = setup
+    w.start_combo.setCurrentText("nothing")
+    assert w.start(), w.last_message
+    preview = viewer.layers[PREVIEW_NAME]
+    assert not preview.data[1].any(), "from nothing: the label's mask is not the start"
+    assert not w.session.can_undo
+    assert w.click_world(_world(lab, 1, 32, 44), positive=True), w.last_message  # inside the disk
+    _wait(qtbot, w)
+    mask = preview.data[1] > 0
+    assert mask[32, 44]
+    assert w.accept(), w.last_message
+    out = lab.data
+    assert np.array_equal(out[1] == 2, mask)  # the label is now the new mask on this slice
+    assert np.array_equal(out[0], labels0[0]) and np.array_equal(out[2], labels0[2])
+    w.start_combo.setCurrentText("the label")
+    assert w.start(), w.last_message
+    assert np.array_equal(viewer.layers[PREVIEW_NAME].data[1] > 0, out[1] == 2)  # back to starting from the label
+    assert w.cancel()

@@ -1,8 +1,9 @@
 """Refine one label of a chosen protocol with clicks, a box and scribbles (dock widget).
 
 Works on any Labels layer aligned with an Image layer (S, H, W) or (H, W): pick both, the
-label id and the slice, press Refine, then prompt on the canvas: click (left: positive;
-with the 'negative' box, the 'x' key, or Ctrl/Alt held: negative), or choose *box* / *scribble*
+label id and the slice (and whether to start from the label's mask or from nothing), press
+Refine, then prompt on the canvas: click (left: positive; with the 'negative' box, the 'x'
+key, or Ctrl/Alt held: negative), or choose *box* / *scribble*
 and drag a rectangle / draw a path on the 'refine prompts' Shapes layer. The preview updates
 after each prompt; Accept writes the refined mask into that slice of the labels only; pixels
 the label loses go to their next-most-probable protocol label (or the nearest other label).
@@ -217,10 +218,8 @@ class RefineWidget(QWidget):
         label_id = self.label_spin.value()
         img2d = np.asarray(image.data[s] if s is not None else image.data)
         lab2d = np.asarray(labels.data[s] if s is not None else labels.data)
-        initial = lab2d == label_id
         from_label = self.start_combo.currentText() == START_FROM[0]
-        if not from_label:
-            initial = np.zeros_like(initial)
+        initial = lab2d == label_id if from_label else np.zeros(lab2d.shape, bool)
         method = self.method_combo.currentText()
         try:
             refiner = self.refiner if method != "classical" else None

@@ -663,3 +663,34 @@ def test_refiner_training_records_its_recipe_and_resumes(tmp_path):
     refiner_main(args + ["--minutes", str(state["elapsed"] / 60 + 0.02)])  # the budget is in total
     assert "resumed at iteration" in (out / "log.txt").read_text()
     assert json.loads((out / "checkpoint.json").read_text())["it"] > first
+
+
+def test_box_superpixel_targets_only_replace_box_examples():
+    """Recipe.box_superpixel_prob gives a superpixel region (not the annotated label) to real crops
+    whose first prompt is a box, and to nothing else."""
+    import types
+
+    from napari_pancakes.training.refiner import Recipe, Source, make_example
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    disk = np.hypot(yy - 32, xx - 32) < 14
+    img = np.where(disk, 0.9, 0.1).astype(np.float32)
+    img[4:20, 44:60] = 0.5  # an unlabelled square: a region a superpixel target can take
+    ds = types.SimpleNamespace(name="disk", images=np.stack([img] * 3), labels=np.stack([disk.astype(np.uint8)] * 3),
+                               groups=[], validation_mask=lambda: np.array([False, False, True]))
+    src = [Source(ds, 64)]
+
+    def draws(recipe, n=40):
+        rng = np.random.default_rng(3)
+        return [make_example(src, rng, 64, recipe) for _ in range(n)]
+
+    plain = draws(Recipe(synthetic_prob=0.0, box_prob=0.5))
+    assert all(ex.img[ex.target].mean() > 0.7 for ex in plain)  # off: always the annotated disk
+    changed = draws(Recipe(synthetic_prob=0.0, box_prob=0.5, box_superpixel_prob=1.0))
+    boxed = [ex for ex in changed if ex.box is not None]
+    others = [ex for ex in changed if ex.box is None]
+    assert boxed and others
+    # without a box the target is still the annotated disk (some crop of it); with one it is a region
+    # the superpixels found, which is not always the disk
+    assert all(ex.img[ex.target].mean() > 0.7 for ex in others)
+    assert any(ex.img[ex.target].mean() < 0.7 for ex in boxed)

@@ -72,6 +72,9 @@ class Recipe:
     box_prob: float = 0.25  # a box as the first prompt of an example with no starting mask
     # (the rest of those: clicks with probability 0.5, else a scribble)
     zoom_out_prob: float = 0.0  # zoom_out on a real crop: structures smaller than any crop shows them
+    box_superpixel_prob: float = 0.0  # a real crop whose first prompt is a box: its target replaced by a
+    # superpixel region. More superpixel targets helped boxes and hurt clicks from nothing (session 12,
+    # refine-compare-superpixel-0.6-vs-control-30.md), so this gives them to boxes alone.
 
     def __post_init__(self):
         # a share outside [0, 1] would silently act as 0 or 1 in make_example: refuse it
@@ -509,7 +512,8 @@ def make_example(sources, rng, r: int, recipe: Recipe = Recipe()) -> Example:
     """One training example with its first prompt (or starting mask), made as ``recipe`` says."""
     while True:
         pan_mode = rng.random() < 0.3
-        if rng.random() < recipe.synthetic_prob or not sources:
+        real = not (rng.random() < recipe.synthetic_prob or not sources)
+        if not real:
             img, target = synthetic_example(rng, r)
             pan = None
         else:
@@ -532,6 +536,11 @@ def make_example(sources, rng, r: int, recipe: Recipe = Recipe()) -> Example:
             if u < clicks:
                 correction(np.zeros_like(target), target, rng, ex.pos, ex.neg, ex.smaps, scribble_prob=0.0)
             elif u < clicks + recipe.box_prob:
+                if real and recipe.box_superpixel_prob and rng.random() < recipe.box_superpixel_prob:
+                    region = superpixel_target(np.clip(img, 0, 1), rng)
+                    if region is not None:
+                        target = region
+                        ex = Example(img, target)
                 ex.box = simulate_box(target, rng)
             else:
                 ex.smaps[0] = simulate_scribble(target, rng)
@@ -802,6 +811,8 @@ def main(argv=None):
     ap.add_argument("--box-prob", type=float, default=Recipe.box_prob,
                     help="share of examples without a starting mask whose first prompt is a box "
                          "(the rest: clicks twice as often as a scribble)")
+    ap.add_argument("--box-superpixel-prob", type=float, default=0.0,
+                    help="share of real crops with a box as first prompt whose target is a superpixel region")
     ap.add_argument("--zoom-out-prob", type=float, default=0.0,
                     help="share of real crops shrunk to 40-80 %% of the grid and mirrored out (zoom_out)")
     ap.add_argument("--augment-prob", type=float, default=0.0,
@@ -826,7 +837,7 @@ def main(argv=None):
                         small_prob=args.small_prob, small_radii=tuple(args.small_radii),
                         invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob,
                         augment_prob=args.augment_prob, box_prob=args.box_prob,
-                        zoom_out_prob=args.zoom_out_prob)
+                        zoom_out_prob=args.zoom_out_prob, box_superpixel_prob=args.box_superpixel_prob)
     except ValueError as err:
         ap.error(str(err))
 

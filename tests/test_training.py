@@ -516,19 +516,27 @@ def test_refiner_paired_difference_sees_a_real_gain_and_not_noise():
     assert noise["ci95"][0] < 0 < noise["ci95"][1]
 
 
+def _disk_source(img, disk, r):
+    """A refiner training Source of three copies of one image whose label 1 is ``disk`` (the
+    third copy is validation), at working size ``r``."""
+    import types
+
+    from napari_pancakes.training.refiner import Source
+
+    ds = types.SimpleNamespace(name="disk", images=np.stack([img] * 3).astype(np.float32),
+                               labels=np.stack([disk.astype(np.uint8)] * 3), groups=[],
+                               validation_mask=lambda: np.array([False, False, True]))
+    return Source(ds, r)
+
+
 def test_refiner_crops_can_be_inverted():
     """With invert_prob=1 a bright structure arrives dark (the polarity of an unseen modality may
     be either), and its target is unchanged."""
-    import types
-
-    from napari_pancakes.training.refiner import Recipe, Source
+    from napari_pancakes.training.refiner import Recipe
 
     yy, xx = np.mgrid[0:64, 0:64]
     disk = np.hypot(yy - 32, xx - 32) < 20
-    images = np.stack([np.where(disk, 0.9, 0.1)] * 3).astype(np.float32)
-    ds = types.SimpleNamespace(name="disk", images=images, labels=np.stack([disk.astype(np.uint8)] * 3), groups=[],
-                               validation_mask=lambda: np.array([False, False, True]))
-    src = Source(ds, 32)
+    src = _disk_source(np.where(disk, 0.9, 0.1), disk, 32)
     for invert, brighter_inside in ((0.0, True), (1.0, False)):
         img, target, _ = src.sample(np.random.default_rng(0), False, Recipe(invert_prob=invert))
         assert target.any() and (~target).any()
@@ -539,11 +547,9 @@ def test_zoom_out_shrinks_structures_and_keeps_them_on_their_labels():
     """zoom_out shows a crop at 40-80 % of the grid side, mirrored out to fill it: the disk is
     smaller, its mirrored copies are more instances of the same label, the image stays bright
     exactly where the label is, and Source.sample uses it only when the recipe asks."""
-    import types
-
     from scipy import ndimage as ndi
 
-    from napari_pancakes.training.refiner import Recipe, Source, zoom_out
+    from napari_pancakes.training.refiner import Recipe, zoom_out
 
     def largest_part(target):
         parts, _ = ndi.label(target)
@@ -559,10 +565,7 @@ def test_zoom_out_shrinks_structures_and_keeps_them_on_their_labels():
         assert zi.shape == img.shape and zl.shape == lab.shape and set(np.unique(zl)) <= {0, 3}
         assert (zl == 3).any() and largest_part(zl == 3) < 0.8**2 * disk.sum() * 1.1
         assert zi[zl == 3].mean() > 0.7 and zi[ndi.binary_erosion(zl == 0, iterations=2)].max() < 0.3
-    images = np.stack([img] * 3)
-    ds = types.SimpleNamespace(name="disk", images=images, labels=np.stack([disk.astype(np.uint8)] * 3), groups=[],
-                               validation_mask=lambda: np.array([False, False, True]))
-    src = Source(ds, 64)
+    src = _disk_source(img, disk, 64)
     sizes = {p: [largest_part(src.sample(np.random.default_rng(k), False, Recipe(zoom_out_prob=p))[1])
                  for k in range(8)] for p in (0.0, 1.0)}
     assert np.median(sizes[1.0]) < 0.7 * np.median(sizes[0.0])
@@ -668,17 +671,13 @@ def test_refiner_training_records_its_recipe_and_resumes(tmp_path):
 def test_box_superpixel_targets_only_replace_box_examples():
     """Recipe.box_superpixel_prob gives a superpixel region (not the annotated label) to real crops
     whose first prompt is a box, and to nothing else."""
-    import types
-
-    from napari_pancakes.training.refiner import Recipe, Source, make_example
+    from napari_pancakes.training.refiner import Recipe, make_example
 
     yy, xx = np.mgrid[0:64, 0:64]
     disk = np.hypot(yy - 32, xx - 32) < 14
     img = np.where(disk, 0.9, 0.1).astype(np.float32)
     img[4:20, 44:60] = 0.5  # an unlabelled square: a region a superpixel target can take
-    ds = types.SimpleNamespace(name="disk", images=np.stack([img] * 3), labels=np.stack([disk.astype(np.uint8)] * 3),
-                               groups=[], validation_mask=lambda: np.array([False, False, True]))
-    src = [Source(ds, 64)]
+    src = [_disk_source(img, disk, 64)]
 
     def draws(recipe, n=40):
         rng = np.random.default_rng(3)

@@ -512,8 +512,8 @@ def make_example(sources, rng, r: int, recipe: Recipe = Recipe()) -> Example:
     """One training example with its first prompt (or starting mask), made as ``recipe`` says."""
     while True:
         pan_mode = rng.random() < 0.3
-        real = not (rng.random() < recipe.synthetic_prob or not sources)
-        if not real:
+        synthetic = rng.random() < recipe.synthetic_prob or not sources
+        if synthetic:
             img, target = synthetic_example(rng, r)
             pan = None
         else:
@@ -536,7 +536,7 @@ def make_example(sources, rng, r: int, recipe: Recipe = Recipe()) -> Example:
             if u < clicks:
                 correction(np.zeros_like(target), target, rng, ex.pos, ex.neg, ex.smaps, scribble_prob=0.0)
             elif u < clicks + recipe.box_prob:
-                if real and recipe.box_superpixel_prob and rng.random() < recipe.box_superpixel_prob:
+                if not synthetic and recipe.box_superpixel_prob and rng.random() < recipe.box_superpixel_prob:
                     region = superpixel_target(np.clip(img, 0, 1), rng)
                     if region is not None:
                         target = region

@@ -43,7 +43,6 @@ HYBRID_GRID = "work"  # where the hybrid's walker runs: "work" (the network's gr
 IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this longer side
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
-LOCAL_REACH = None  # if set, a local click's changes farther than LOCAL_REACH x its neighbourhood are reverted
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
 
 
@@ -104,14 +103,9 @@ def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarr
     return np.where(zone, new, previous)
 
 
-def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: float,
-             reach: float | None = None) -> np.ndarray:
+def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: float) -> np.ndarray:
     """Keep the changes from ``previous`` to ``new`` that touch the disk of ``radius`` around
-    (y, x) or the connected region (of either mask) under it; revert all others.
-
-    ``reach`` (a multiple of ``radius``) also reverts kept changes farther than that from the
-    click: where touching objects merge into one region (nuclei in clumps), the region under a
-    negative click can span the image, and without a reach the click may erase all of it."""
+    (y, x) or the connected region (of either mask) under it; revert all others."""
     changed = previous ^ new
     if not changed.any():
         return new
@@ -126,8 +120,6 @@ def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: 
     keep = keep[keep > 0]
     out = previous.copy()
     sel = np.isin(comp, keep)
-    if reach is not None:
-        sel &= seed_disks([(y, x)], new.shape, reach * radius)
     out[sel] = new[sel]
     return out
 
@@ -224,7 +216,7 @@ class RefineSession:
         mask, logits = self._predict(clicks, st.box, st.scribbles)
         single = (pos + neg)[0] if len(pos) + len(neg) == 1 else None
         if self.local_negative and single is not None and (neg or (LOCAL_POSITIVE and st.mask.any())):
-            mask = localise(st.mask, mask, *single, LOCAL_RADIUS * max(self.shape), LOCAL_REACH)
+            mask = localise(st.mask, mask, *single, LOCAL_RADIUS * max(self.shape))
             mask = honour_clicks(mask, clicks)
         self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))
         return mask

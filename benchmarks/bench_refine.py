@@ -207,12 +207,13 @@ def mean_over_sets(sets: dict, methods) -> dict:
 def to_markdown(res: dict) -> str:
     n = res["clicks"]
     meta = res["weights_meta"]
+    trained = (f"the mean of the weights of {', '.join(json.loads(meta['averaged_from']))}" if "averaged_from" in meta
+               else f"{meta.get('iterations', '?')} iterations, {meta.get('train_minutes', '?')} min")
     lines = ["# Click refinement benchmark (leave-out datasets)", "",
              f"Simulated user (largest error region, farthest-from-boundary point), {n} clicks, images at 256 x 256, "
              f"target = label 1; up to {res['max_images']} evenly spaced images per dataset. Dice in %, mean over images "
              f"(the mean row: mean over datasets). NoC@X: clicks to reach Dice X% (capped at {n}). (c): Dice at 0 is "
-             f"after the box alone. Refiner weights: {res['weights']} ({meta.get('iterations', '?')} iterations, "
-             f"{meta.get('train_minutes', '?')} min). Pancakes weights for (b): step {res.get('pancakes_weights_steps', '?')}. CPU: {res['cpu_count']} cores, 1 torch thread, load average "
+             f"after the box alone. Refiner weights: {res['weights']} ({trained}). Pancakes weights for (b): step {res.get('pancakes_weights_steps', '?')}. CPU: {res['cpu_count']} cores, 1 torch thread, load average "
              f"{res['load_average_1min_end']} at the end."
              + (" **Every image inverted (1 - intensity).**" if res.get("inverted") else ""), ""]
     cols = " | ".join(str(i) for i in range(n + 1))

@@ -158,6 +158,28 @@ def test_weights_roundtrip_and_wrong_file(tmp_path, refiner):
     assert isinstance(again.net, RefinerNet)
 
 
+def test_average_of_refiner_files_is_the_mean_and_refuses_mixed_stages(tmp_path, refiner):
+    import torch
+
+    from napari_pancakes.io_weights import average_refiner_files, load_refiner_net
+
+    a = save_weights(refiner.net, tmp_path / "a.safetensors", extra={"leave_out": ["x"]}, fmt=REFINER_FORMAT)
+    shifted = load_refiner_net(a)[0]
+    with torch.no_grad():
+        for p in shifted.parameters():
+            p.add_(1.0)
+    b = save_weights(shifted, tmp_path / "b.safetensors", extra={"leave_out": ["x"]}, fmt=REFINER_FORMAT)
+    net, meta = load_refiner_net(average_refiner_files([a, b], tmp_path / "mean.safetensors"))
+    for (name, p), p0 in zip(net.named_parameters(), refiner.net.parameters()):
+        assert torch.allclose(p, p0.cpu() + 0.5, atol=1e-5), name
+    assert meta["leave_out"] == '["x"]' and len(__import__("json").loads(meta["averaged_from"])) == 2
+    c = save_weights(shifted, tmp_path / "c.safetensors", extra={"leave_out": []}, fmt=REFINER_FORMAT)
+    with pytest.raises(ValueError, match="held out different datasets"):
+        average_refiner_files([a, c], tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="at least two"):
+        average_refiner_files([a], tmp_path / "bad.safetensors")
+
+
 def test_simulated_session_improves(refiner):
     img, truth = disk_image(seed=3)
     dices, times = simulate_session(refiner, img, truth, n_clicks=3)

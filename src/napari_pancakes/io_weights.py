@@ -105,6 +105,33 @@ def load_refiner_net(weights: str | Path | None = None):
     return net, meta
 
 
+def average_refiner_files(paths, out: str | Path) -> Path:
+    """Write the element-wise mean of several refiner files' weights to ``out`` (a "model soup").
+
+    Why: runs fine-tuned from one parent file lie in one basin, and the mean of their weights can
+    generalise better than any one of them at no training cost. The files must share the
+    architecture and the datasets they held out (``leave_out`` metadata), so that the
+    benchmark's refusal of weights that saw its datasets still holds for the mean."""
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise ValueError("averaging needs at least two refiner files")
+    nets, metas = zip(*(load_refiner_net(p) for p in paths))
+    held = {m.get("leave_out", "") for m in metas}
+    if len(held) > 1:
+        raise ValueError(f"the files held out different datasets ({sorted(held)}); average only files of one stage")
+    if len({json.dumps(n.config.to_dict(), sort_keys=True) for n in nets}) > 1:
+        raise ValueError("the refiner files have different architectures")
+    states = [n.state_dict() for n in nets]
+    mean = {k: (torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype) if v.is_floating_point() else v)
+            for k, v in states[0].items()}
+    nets[0].load_state_dict(mean)
+    extra = {"averaged_from": [str(p) for p in paths],
+             "recipes": [json.loads(m["recipe"]) if "recipe" in m else None for m in metas]}
+    if "leave_out" in metas[0]:
+        extra["leave_out"] = metas[0]["leave_out"]
+    return save_weights(nets[0], out, extra=extra, fmt=REFINER_FORMAT)
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict, rng_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """A resumable training checkpoint as ``path`` (safetensors) plus ``path.json`` (no pickle).

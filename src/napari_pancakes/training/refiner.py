@@ -831,7 +831,15 @@ def main(argv=None):
                     help="only score these refiner files on the run's validation pairs (training sources; "
                          "the Pancakes starts come from the bundled Pancakes weights) and write OUT/evaluate.json, "
                          "with each later file's per-pair difference from the first and its 95 %% interval")
+    ap.add_argument("--average", type=Path, nargs="+", default=None, metavar="WEIGHTS",
+                    help="only write OUT/average.safetensors, the mean of these refiner files' weights "
+                         "(io_weights.average_refiner_files), and stop")
     args = ap.parse_args(argv)
+    if args.average:
+        from ..io_weights import average_refiner_files
+
+        print(average_refiner_files(args.average, args.out / "average.safetensors"))
+        return
     try:  # before anything is read or written
         recipe = Recipe(superpixel_prob=args.superpixel_prob, similar_prob=args.similar_prob,
                         small_prob=args.small_prob, small_radii=tuple(args.small_radii),

@@ -159,6 +159,8 @@ def test_weights_roundtrip_and_wrong_file(tmp_path, refiner):
 
 
 def test_average_of_refiner_files_is_the_mean_and_refuses_mixed_stages(tmp_path, refiner):
+    import json
+
     import torch
 
     from napari_pancakes.io_weights import average_refiner_files, load_refiner_net
@@ -172,7 +174,9 @@ def test_average_of_refiner_files_is_the_mean_and_refuses_mixed_stages(tmp_path,
     net, meta = load_refiner_net(average_refiner_files([a, b], tmp_path / "mean.safetensors"))
     for (name, p), p0 in zip(net.named_parameters(), refiner.net.parameters()):
         assert torch.allclose(p, p0.cpu() + 0.5, atol=1e-5), name
-    assert meta["leave_out"] == '["x"]' and len(__import__("json").loads(meta["averaged_from"])) == 2
+    assert meta["leave_out"] == '["x"]' and len(json.loads(meta["averaged_from"])) == 2
+    with pytest.raises(FileExistsError):
+        average_refiner_files([a, b], tmp_path / "mean.safetensors")
     c = save_weights(shifted, tmp_path / "c.safetensors", extra={"leave_out": []}, fmt=REFINER_FORMAT)
     with pytest.raises(ValueError, match="held out different datasets"):
         average_refiner_files([a, c], tmp_path / "bad.safetensors")

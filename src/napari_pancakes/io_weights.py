@@ -112,9 +112,11 @@ def average_refiner_files(paths, out: str | Path) -> Path:
     generalise better than any one of them at no training cost. The files must share the
     architecture and the datasets they held out (``leave_out`` metadata), so that the
     benchmark's refusal of weights that saw its datasets still holds for the mean."""
-    paths = [Path(p) for p in paths]
+    paths, out = [Path(p) for p in paths], Path(out)
     if len(paths) < 2:
         raise ValueError("averaging needs at least two refiner files")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose another output (it is never overwritten)")
     nets, metas = zip(*(load_refiner_net(p) for p in paths))
     held = {m.get("leave_out", "") for m in metas}
     if len(held) > 1:

@@ -28,6 +28,10 @@ connected components, i.e. a perfect user-and-model pair where each click yields
 component (an instance per click). Where a target has many components (all nuclei of an
 image as one label), clicks that each add an instance cannot reach high Dice in a few clicks.
 
+``--click-agreement`` writes only ``refine-click-agreement[-TAG].{json,md}``
+(:func:`click_agreement`): does the network's answer already agree with every click the user has
+given? If it does, fine-tuning its last layer on the clicks at test time has nothing to fit.
+
 Both models must have held the leave-out group out (their metadata say so; the run refuses
 others): the shipped all-data weights trained on it.
 """
@@ -270,6 +274,64 @@ def ceilings(root, max_images: int | None, cache: Path, grid: int = 128, ks=(1, 
     return out
 
 
+def click_agreement(root, max_images: int | None, cache: Path, weights, n_clicks: int) -> dict:
+    """Per leave-out dataset, from nothing with the network alone: how many clicks does its answer
+    (logits at the image's pixels, before ``honour_clicks``) label against the click's sign, for the
+    click just given and for the earlier ones, and the mean logistic loss at the clicked pixels.
+
+    Why: the issue suggests fine-tuning the last layer on the clicks at test time. That fit
+    minimises exactly this loss; where the answer already agrees with every click it has nothing
+    to learn from them."""
+    import torch
+
+    from napari_pancakes.refine import load_refiner
+    from napari_pancakes.refine.session import RefineSession
+    from napari_pancakes.training.simulate import next_click
+
+    torch.set_num_threads(1)
+    refiner = load_refiner(weights, device="cpu")
+    out = {"weights": str(weights or "bundled refiner_default.safetensors"), "clicks": n_clicks, "sets": {}}
+    for name, (images, truths, _) in load_leave_out(root, max_images, cache).items():
+        counts = {"new": [0, 0], "earlier": [0, 0]}  # [disagreeing, total]
+        losses = []
+        for img, truth in zip(images, truths):
+            truth = truth.astype(bool)
+            session = RefineSession(refiner, img, method="network")
+            given = []
+            for _ in range(n_clicks):
+                click = next_click(session.mask, truth)
+                if click is None:
+                    break
+                (y, x), positive = click
+                given.append((y, x, positive))
+                session.add_click(y, x, positive)
+                logits = refiner.upsample(session.state.logits, truth.shape)
+                for j, (cy, cx, sign) in enumerate(given):
+                    value = float(logits[cy, cx])
+                    key = "new" if j == len(given) - 1 else "earlier"
+                    counts[key][0] += (value > 0) != sign
+                    counts[key][1] += 1
+                    losses.append(float(np.logaddexp(0.0, -value if sign else value)))
+        out["sets"][name] = {"images": len(images), **{f"{k}_disagree": v[0] for k, v in counts.items()},
+                             **{f"{k}_total": v[1] for k, v in counts.items()},
+                             "mean_click_loss": round(float(np.mean(losses)), 4)}
+    return out
+
+
+def click_agreement_markdown(res: dict) -> str:
+    md = ("# Does the network's answer agree with the clicks?\n\n"
+          f"`bench_refine.py --click-agreement`; refiner weights: {res['weights']}; network alone, from nothing, "
+          f"up to {res['clicks']} simulated clicks per image, 256 px. A click disagrees when the logit at its pixel has "
+          "the other sign (before the clicked spot is set by `honour_clicks`). Loss: the mean over clicked pixels, after each "
+          "click, of log(1 + exp(-logit)) for a positive click and log(1 + exp(logit)) for a negative one, the quantity a test-time fit of the last layer on the clicks would "
+          "lower.\n\n| dataset | images | newest click disagrees | earlier clicks disagree | mean loss at clicks |\n"
+          "|---|---|---|---|---|\n")
+    md += "".join(f"| {n} | {r['images']} | {r['new_disagree']} / {r['new_total']} | "
+                  f"{r['earlier_disagree']} / {r['earlier_total']} | {r['mean_click_loss']} |\n"
+                  for n, r in res["sets"].items())
+    return md
+
+
 SIZE_RADII = (2, 3, 4, 6, 8, 12, 20, 40)
 
 
@@ -361,6 +423,8 @@ def main(argv=None):
     ap.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("BASE_JSON", "CANDIDATE_JSON"),
                     help="only the paired per-image comparison of two results on the same images, "
                          "refine-compare[-TAG].*")
+    ap.add_argument("--click-agreement", action="store_true",
+                    help="only whether the network's answer agrees with every click, refine-click-agreement[-TAG].*")
     ap.add_argument("--sizes", action="store_true",
                     help="only the one-click size check on synthetic discs (no data needed), refine-sizes[-TAG].*")
     args = ap.parse_args(argv)
@@ -389,6 +453,10 @@ def main(argv=None):
         md += "| dataset | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
         md += "".join(f"| {n} | " + " | ".join(str(v) for v in r.values()) + " |\n" for n, r in res.items())
         write_results(args.out, "refine-ceiling", res, md)
+        return 0
+    if args.click_agreement:
+        res = click_agreement(data_root(args.data), args.max_images, args.cache, args.weights, args.clicks)
+        write_results(args.out, tagged("refine-click-agreement"), res, click_agreement_markdown(res))
         return 0
     res = run(args)
     write_results(args.out, tagged("refine"), res, to_markdown(res))

@@ -433,3 +433,23 @@ def test_refine_benchmark_compares_two_results_image_by_image(tmp_path):
         (tmp_path / f"{i}.json").write_text(json.dumps(r))
     assert bench.main(["--compare", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--out", str(tmp_path)]) == 0
     assert "| hybrid | (a) nothing | 12 | +10.0 |" in (tmp_path / "refine-compare.md").read_text()
+
+
+def test_click_agreement_counts_clicks_the_answer_labels_wrongly(monkeypatch):
+    """``--click-agreement`` counts, per dataset, the clicks whose pixel the network labels against
+    the click: none for the shipped network on a clear disc, every one for a network whose logits
+    are turned round."""
+    from napari_pancakes.refine.predictor import Refiner
+
+    bench = _bench_refine()
+    yy, xx = np.mgrid[0:96, 0:96]
+    truths = np.stack([np.hypot(yy - 40, xx - 50) < 14, np.hypot(yy - 60, xx - 30) < 10])
+    images = np.where(truths, 0.8, 0.2).astype(np.float32) + np.random.default_rng(0).normal(0, 0.02, truths.shape)
+    monkeypatch.setattr(bench, "load_leave_out", lambda root, n, cache: {"discs": (images, truths, [0, 1])})
+    row = bench.click_agreement(None, 2, None, None, 3)["sets"]["discs"]
+    assert row["new_total"] >= 2 and row["new_disagree"] == 0 and row["earlier_disagree"] == 0
+    forward = Refiner.predict_work
+    monkeypatch.setattr(Refiner, "predict_work", lambda self, *a, **k: -forward(self, *a, **k))
+    row = bench.click_agreement(None, 2, None, None, 3)["sets"]["discs"]
+    assert row["new_total"] >= 2 and row["new_disagree"] == row["new_total"]
+    assert row["mean_click_loss"] > 1.0

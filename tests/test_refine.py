@@ -453,3 +453,61 @@ def test_click_agreement_counts_clicks_the_answer_labels_wrongly(monkeypatch):
     row = bench.click_agreement(None, 2, None, None, 3)["sets"]["discs"]
     assert row["new_total"] >= 2 and row["new_disagree"] == row["new_total"]
     assert row["mean_click_loss"] > 1.0
+
+
+def _five_discs():
+    yy, xx = np.mgrid[0:128, 0:128]
+    truth = np.zeros((128, 128), bool)
+    for cy, cx in ((30, 30), (30, 90), (90, 30), (90, 90), (60, 60)):
+        truth |= np.hypot(yy - cy, xx - cx) < 8
+    image = np.where(truth, 0.8, 0.2) + np.random.default_rng(0).normal(0, 0.03, truth.shape)
+    return image.astype(np.float32), truth
+
+
+def test_first_click_proposes_the_pancakes_label_of_like_structures(refiner, monkeypatch):
+    """With proposals on, one click on one of five alike discs brings the Pancakes label that
+    holds them all (label maps given as the explorer would); a label whose part under the click
+    does not match the network's answer (the whole image) is not proposed; proposals never
+    touch a session that starts from a mask, and label maps of the wrong size are refused."""
+    import napari_pancakes.refine.session as session_module
+
+    image, truth = _five_discs()
+    other = np.zeros_like(truth, int)
+    maps = np.stack([truth.astype(int), other])  # protocol 0: discs vs rest; protocol 1: one label
+    monkeypatch.setattr(session_module, "PROPOSAL_MIN_IOU", 0.5)
+    mask = RefineSession(refiner, image, pancakes=maps).add_click(30, 30)
+    assert dice(mask, truth) > 0.95
+    plain = RefineSession(refiner, image, pancakes=maps[1:]).add_click(30, 30)
+    monkeypatch.setattr(session_module, "PROPOSAL_MIN_IOU", None)
+    assert np.array_equal(plain, RefineSession(refiner, image).add_click(30, 30))
+    assert dice(plain, truth) < 0.9  # the network alone: not every disc from one click
+    monkeypatch.setattr(session_module, "PROPOSAL_MIN_IOU", 0.5)
+    start = np.hypot(*np.mgrid[-30:98, -30:98]) < 8
+    from_mask = RefineSession(refiner, image, initial_mask=start, pancakes=maps).add_click(90, 90)
+    boxed = RefineSession(refiner, image, pancakes=maps)
+    boxed.set_box((20, 20, 40, 40))
+    boxed = boxed.add_click(30, 30)
+    monkeypatch.setattr(session_module, "PROPOSAL_MIN_IOU", None)
+    assert np.array_equal(from_mask, RefineSession(refiner, image, initial_mask=start).add_click(90, 90))
+    unproposed = RefineSession(refiner, image)
+    unproposed.set_box((20, 20, 40, 40))
+    assert np.array_equal(boxed, unproposed.add_click(30, 30))
+    with pytest.raises(ValueError, match="label maps"):
+        RefineSession(refiner, image, pancakes=maps[:, :64])
+
+
+def test_first_click_proposal_runs_pancakes_once_on_the_image(refiner, monkeypatch):
+    """Without label maps the session runs Pancakes on its own image, once, and keeps the maps."""
+    import napari_pancakes.inference as inference
+    import napari_pancakes.refine.session as session_module
+
+    image, _ = _five_discs()
+    calls = []
+    real = inference.segment_set
+    monkeypatch.setattr(inference, "segment_set", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(session_module, "PROPOSAL_MIN_IOU", 0.5)
+    session = RefineSession(refiner, image)
+    session.add_click(30, 30)
+    session.undo()
+    session.add_click(90, 90)
+    assert len(calls) == 1 and session._pancakes.shape == (8, 128, 128)

@@ -130,18 +130,18 @@ def compare_markdown(res: dict) -> str:
 def run(args) -> dict:
     import torch
 
-    import napari_pancakes.refine.session as session_module
-    from napari_pancakes import load_model
     from napari_pancakes.refine import load_refiner
-    from napari_pancakes.training.datasets import data_root, saw_leave_out
+    from napari_pancakes.training.datasets import data_root
     from napari_pancakes.training.refiner import simulate_box
     from napari_pancakes.training.simulate import simulate_session
 
     torch.set_num_threads(1)
     if args.hybrid_decay is not None:
+        import napari_pancakes.refine.session as session_module
+
         session_module.HYBRID_DECAY = args.hybrid_decay
-    if args.proposals is not None:
-        session_module.PROPOSAL_MIN_IOU = args.proposals
+    from napari_pancakes import load_model
+    from napari_pancakes.training.datasets import saw_leave_out
 
     refiner = load_refiner(args.weights, device="cpu")
     pancakes = load_model(args.pancakes_weights, device="cpu")
@@ -159,7 +159,6 @@ def run(args) -> dict:
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
            "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay,
-           "proposal_min_iou": session_module.PROPOSAL_MIN_IOU,
            "pancakes_weights": str(args.pancakes_weights or "bundled"),
            "pancakes_weights_steps": str(pancakes.metadata.get("steps", "?")),
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "sets": {}}
@@ -182,8 +181,7 @@ def run(args) -> dict:
                 for img, truth, start in zip(images, truths, starts):
                     d, t = simulate_session(refiner, img, truth, args.clicks, method=method,
                                             initial_mask=start if mode == "b_pancakes" else None,
-                                            box=simulate_box(truth, None) if mode == "c_box" else None,
-                                            pancakes=pancakes)
+                                            box=simulate_box(truth, None) if mode == "c_box" else None)
                     curves.append(d)
                     times += t
                 entry[method][mode] = summarise(np.array(curves), times, args.clicks)
@@ -221,9 +219,7 @@ def to_markdown(res: dict) -> str:
              f"(the mean row: mean over datasets). NoC@X: clicks to reach Dice X% (capped at {n}). (c): Dice at 0 is "
              f"after the box alone. Refiner weights: {res['weights']} ({trained}). Pancakes weights for (b): step {res.get('pancakes_weights_steps', '?')}. CPU: {res['cpu_count']} cores, 1 torch thread, load average "
              f"{res['load_average_1min_end']} at the end."
-             + (" **Every image inverted (1 - intensity).**" if res.get("inverted") else "")
-             + (f" A first click from nothing proposes a Pancakes label (those weights, run on the image) matching "
-                f"with IoU >= {res['proposal_min_iou']}." if res.get("proposal_min_iou") is not None else ""), ""]
+             + (" **Every image inverted (1 - intensity).**" if res.get("inverted") else ""), ""]
     cols = " | ".join(str(i) for i in range(n + 1))
     for mode in MODES:
         lines += [f"## {MODE_NAMES[mode]}", "", f"| dataset | method | {cols} | NoC@85 | NoC@90 | ms/prompt |",
@@ -417,9 +413,6 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")
-    ap.add_argument("--proposals", type=float, default=None, metavar="MIN_IOU",
-                    help="first click from nothing proposes a Pancakes label (--pancakes-weights, run on each image) "
-                         "matching at least MIN_IOU (session.PROPOSAL_MIN_IOU)")
     ap.add_argument("--invert", action="store_true",
                     help="invert every image's intensities (1 - x): is the model robust to a modality's polarity?")
     ap.add_argument("--ceiling", action="store_true", help="only the reachable-Dice table (no model), refine-ceiling.*")

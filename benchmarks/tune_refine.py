@@ -7,9 +7,7 @@ Pancakes label of each image as start (b). For each variant (``method[:lambda]``
 weight of a starting mask in the classical walker; ``hybrid:0.5:0.5`` also the prior's decay
 per click; a ``+local`` suffix makes single positive clicks local too,
 ``session.LOCAL_POSITIVE``; ``+image`` runs the hybrid's walker on the image's pixels,
-``session.HYBRID_GRID = "image"``; ``+nokeep`` turns ``session.KEEP_DETAIL`` off; ``+prop:0.5`` proposes a Pancakes label at the first click from
-nothing when it matches the network's answer with IoU >= 0.5, ``session.PROPOSAL_MIN_IOU``, the
-bundled Pancakes run on each image), the simulated user gives Dice after 0..10 clicks for (a)
+``session.HYBRID_GRID = "image"``; ``+nokeep`` turns ``session.KEEP_DETAIL`` off), the simulated user gives Dice after 0..10 clicks for (a)
 nothing, (b) the Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_refine.py --data ../shared/data \\
@@ -85,8 +83,6 @@ def main(argv=None):
         session_module.LOCAL_POSITIVE = "local" in flags
         session_module.HYBRID_GRID = "image" if "image" in flags else "work"
         session_module.KEEP_DETAIL = "nokeep" not in flags
-        prop = [float(f.partition(":")[2]) for f in flags if f.startswith("prop:")]
-        session_module.PROPOSAL_MIN_IOU = prop[0] if prop else None
         method, _, lam = v.partition(":")
         lam, _, decay = lam.partition(":")
         if lam and method == "hybrid":

@@ -17,13 +17,6 @@ only the places where the answer changed on that grid take the new mask; elsewhe
 previous mask stays pixel for pixel. A chosen label of a 1024 px image is not resampled
 through the 128 px grid by every click.
 
-A first click from nothing can bring a Pancakes label with it (``PROPOSAL_MIN_IOU``): a label k
-means one kind of structure, so the label under the click proposes "this, and everything like
-it" (all nuclei of a slide, both lungs). The session runs Pancakes once on its image (or takes
-the explorer's label maps); among the protocols' labels under the click, the one whose connected
-part under the click best matches the network's own answer there becomes the start, as if the
-user had chosen it, when the match reaches the threshold.
-
 Negative clicks are local: after a negative click, changes are kept only where they touch
 the click's neighbourhood or the connected region under the click; a correct region
 elsewhere is never erased by it.
@@ -31,7 +24,6 @@ elsewhere is never erased by it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -52,8 +44,6 @@ IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
-PROPOSAL_MIN_IOU: float | None = None  # first click from nothing: propose a Pancakes label matching at least this (None: off)
-PROPOSAL_MK = (8, 20)  # protocols and labels of the proposals' Pancakes run
 
 
 @dataclass(frozen=True)
@@ -134,14 +124,6 @@ def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: 
     return out
 
 
-@lru_cache(maxsize=1)
-def _bundled_pancakes():
-    """The bundled Pancakes model, loaded once per process (every session's proposals use it)."""
-    from ..io_weights import load_model
-
-    return load_model()
-
-
 class RefineSession:
     """Refine one mask by prompts; each step feeds the previous logits back to the model.
 
@@ -153,13 +135,10 @@ class RefineSession:
         method: "network", "hybrid" or "classical" (see the module docstring).
         local_negative: keep negative clicks local (see :func:`localise`); with the module
             switch ``LOCAL_POSITIVE`` (off: it lost on validation) single positive clicks too.
-        pancakes: where a first click's proposal comes from (``PROPOSAL_MIN_IOU``): a loaded
-            Pancakes model, this image's label maps (M, H, W) (e.g. the explorer's for the set),
-            or None for the bundled model. Pancakes runs at most once per session.
     """
 
     def __init__(self, refiner: Refiner | None, image, initial_mask=None, method: str = "hybrid",
-                 local_negative: bool = True, pancakes=None):
+                 local_negative: bool = True):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if refiner is None and method != "classical":
@@ -171,9 +150,6 @@ class RefineSession:
         self.shape = self.image.shape
         self._work = refiner.prepare(self.image) if refiner is not None else None
         self._norm = None  # full-resolution normalised image (the walkers on the image grid; see _full_norm)
-        if isinstance(pancakes, np.ndarray) and (pancakes.ndim != 3 or pancakes.shape[1:] != self.shape[:2]):
-            raise ValueError(f"Pancakes label maps must be (M, H, W) with (H, W) = {self.shape[:2]}; got {pancakes.shape}")
-        self._pancakes = pancakes
         if initial_mask is not None:
             initial_mask = np.asarray(initial_mask)
             if initial_mask.shape != self.shape:
@@ -238,11 +214,6 @@ class RefineSession:
         st = self.state
         clicks = st.clicks + tuple((y, x, True) for y, x in pos) + tuple((y, x, False) for y, x in neg)
         mask, logits = self._predict(clicks, st.box, st.scribbles)
-        if (PROPOSAL_MIN_IOU is not None and self.method != "classical" and self._mask0 is None and not st.clicks
-                and st.box is None and not st.scribbles and len(pos) == 1 and not neg):
-            proposal = self._proposal(*pos[0], mask)
-            if proposal is not None:
-                mask, logits = self._predict(clicks, None, (), self.refiner.prior_to_work(proposal, self.shape))
         single = (pos + neg)[0] if len(pos) + len(neg) == 1 else None
         if self.local_negative and single is not None and (neg or (LOCAL_POSITIVE and st.mask.any())):
             mask = localise(st.mask, mask, *single, LOCAL_RADIUS * max(self.shape))
@@ -302,37 +273,8 @@ class RefineSession:
         self._pos += 1
 
     # --- prediction ------------------------------------------------------------------------
-    def _proposal(self, y: float, x: float, answer: np.ndarray) -> np.ndarray | None:
-        """The Pancakes label under a first click that best matches ``answer`` there, or None.
-
-        Match: IoU of the label's connected part under the click with the answer's part under it;
-        None when no protocol reaches ``PROPOSAL_MIN_IOU``."""
-        maps = self._pancakes_maps()
-        iy, ix = int(round(y)), int(round(x))
-        ours, _ = ndi.label(answer, structure=np.ones((3, 3)))
-        ours = ours == ours[iy, ix] if answer[iy, ix] else np.zeros_like(answer)
-        best, best_iou = None, -1.0
-        for labels in maps:
-            parts, _ = ndi.label(labels == labels[iy, ix], structure=np.ones((3, 3)))
-            part = parts == parts[iy, ix]
-            iou = (part & ours).sum() / max(1, (part | ours).sum())
-            if iou > best_iou:
-                best, best_iou = labels == labels[iy, ix], iou
-        return best if best_iou >= PROPOSAL_MIN_IOU else None
-
-    def _pancakes_maps(self) -> np.ndarray:
-        """(M, H, W) Pancakes label maps of this image, computed on first use and kept."""
-        if not isinstance(self._pancakes, np.ndarray):
-            from ..inference import segment_set
-
-            model = self._pancakes if self._pancakes is not None else _bundled_pancakes()
-            self._pancakes = segment_set(self.image, *PROPOSAL_MK, model=model)[:, 0]
-        return self._pancakes
-
-    def _predict(self, clicks, box, scribbles, prior=False):
-        """(mask at image size, working logits to feed back) for the given prompts.
-
-        ``prior``: working logits to start from instead of the current state's (a proposal)."""
+    def _predict(self, clicks, box, scribbles):
+        """(mask at image size, working logits to feed back) for the given prompts."""
         p = [(y, x) for y, x, s in clicks if s]
         n = [(y, x) for y, x, s in clicks if not s]
         if self.method == "classical":
@@ -346,7 +288,7 @@ class RefineSession:
         if box is not None:
             (y0, x0), (y1, x1) = to_w([box[:2], box[2:]])
             box_w = (y0, x0, y1, x1)
-        logits = r.predict_work(self._work, pw, nw, self.state.logits if prior is False else prior, box_w,
+        logits = r.predict_work(self._work, pw, nw, self.state.logits, box_w,
                                 smaps[0].astype(np.float32) if smaps[0].any() else None,
                                 smaps[1].astype(np.float32) if smaps[1].any() else None)
         shown = logits

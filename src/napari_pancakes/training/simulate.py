@@ -65,20 +65,19 @@ def dice(pred, truth) -> float:
 
 
 def simulate_session(refiner, image, truth, n_clicks: int = 10, initial_mask=None, method: str = "hybrid",
-                     box=None, pancakes=None):
+                     box=None):
     """Run ``n_clicks`` simulated clicks; returns Dice after 0..n clicks and the per-click seconds.
 
     Dice at 0 clicks is that of ``initial_mask`` (0 when starting from nothing), or of the
     ``box`` (y0, x0, y1, x1) alone when one is given (its time is the first entry). After the truth
-    is matched exactly, remaining steps repeat the last Dice. ``pancakes``: the session's source of
-    first-click proposals (:class:`RefineSession`).
+    is matched exactly, remaining steps repeat the last Dice.
     """
     import time
 
     from ..refine.session import RefineSession
 
     truth = np.asarray(truth, bool)
-    session = RefineSession(refiner, image, initial_mask=initial_mask, method=method, pancakes=pancakes)
+    session = RefineSession(refiner, image, initial_mask=initial_mask, method=method)
     times = []
     if box is not None:
         t0 = time.perf_counter()

@@ -255,6 +255,35 @@ def test_session_negative_click_in_background_keeps_distant_objects(refiner, met
     assert after[truth].mean() > 0.9 and after[second].mean() > 0.9
 
 
+@pytest.mark.parametrize("method", ["network", "hybrid"])
+def test_negative_click_stays_local_at_the_next_prompt(refiner, monkeypatch, method):
+    """A predictor that wipes the image at each new negative click: the shown mask keeps the far
+    object (localise), and so must the next positive click, which starts from the fed-back logits."""
+    from napari_pancakes.refine.predictor import Refiner
+
+    img, truth = disk_image(h=128, w=128, cy=40, cx=40, r=14)
+    yy, xx = np.mgrid[0:128, 0:128]
+    second = (yy - 90) ** 2 + (xx - 90) ** 2 < 12**2
+    seen = {"negative": 0}
+
+    def wiping(self, work, pos, neg, prior, *args, **kwargs):
+        r = self.config.resolution
+        out = np.full((r, r), -8.0, np.float32) if prior is None else prior.astype(np.float32).copy()
+        if len(neg) > seen["negative"]:
+            out[:] = -8.0
+        seen["negative"] = len(neg)
+        gy, gx = np.mgrid[0:r, 0:r]
+        for y, x in pos:
+            out[np.hypot(gy - y, gx - x) < 3] = 8.0
+        return out
+
+    monkeypatch.setattr(Refiner, "predict_work", wiping)
+    s = RefineSession(refiner, img + 0.6 * second, initial_mask=truth | second, method=method)
+    assert s.add_click(10, 120, positive=False)[second].mean() > 0.9
+    after = s.add_click(40, 40, positive=True)
+    assert after[second].mean() > 0.9 and after[truth].mean() > 0.9
+
+
 @pytest.mark.parametrize("method", ["network", "hybrid", "classical"])
 def test_box_and_scribble_prompts(refiner, method):
     img, truth = disk_image(h=96, w=160, cy=48, cx=56, r=20)

@@ -19,7 +19,8 @@ through the 128 px grid by every click.
 
 Negative clicks are local: after a negative click, changes are kept only where they touch
 the click's neighbourhood or the connected region under the click; a correct region
-elsewhere is never erased by it.
+elsewhere is never erased by it, and the logits fed back to the next prompt are those of the
+mask shown there, so a later prompt does not erase it either.
 """
 from __future__ import annotations
 
@@ -216,8 +217,10 @@ class RefineSession:
         mask, logits = self._predict(clicks, st.box, st.scribbles)
         single = (pos + neg)[0] if len(pos) + len(neg) == 1 else None
         if self.local_negative and single is not None and (neg or (LOCAL_POSITIVE and st.mask.any())):
-            mask = localise(st.mask, mask, *single, LOCAL_RADIUS * max(self.shape))
-            mask = honour_clicks(mask, clicks)
+            answer = mask
+            mask = honour_clicks(localise(st.mask, answer, *single, LOCAL_RADIUS * max(self.shape)), clicks)
+            if logits is not None:
+                logits = self._logits_as_shown(logits, answer, mask)
         self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))
         return mask
 
@@ -273,6 +276,22 @@ class RefineSession:
         self._pos += 1
 
     # --- prediction ------------------------------------------------------------------------
+    def _logits_as_shown(self, logits: np.ndarray, answer: np.ndarray, shown: np.ndarray) -> np.ndarray:
+        """Working logits to feed back: the network's, except where ``shown`` reverted its ``answer``
+        (a local negative click), where they are the shown mask's.
+
+        Why: fed back raw, the next prompt starts from a mask without the regions the click left
+        alone, and its answer drops them; the click would be local for one step only."""
+        reverted = answer != shown
+        if not reverted.any():
+            return logits
+        r = logits.shape[0]
+        ys, xs = np.nonzero(reverted)
+        zone = np.zeros((r, r), bool)
+        zone[np.minimum(ys * r // self.shape[0], r - 1), np.minimum(xs * r // self.shape[1], r - 1)] = True
+        zone = ndi.binary_dilation(zone)
+        return np.where(zone, self.refiner.prior_to_work(shown, self.shape), logits).astype(np.float32)
+
     def _predict(self, clicks, box, scribbles):
         """(mask at image size, working logits to feed back) for the given prompts."""
         p = [(y, x) for y, x, s in clicks if s]

@@ -7,7 +7,7 @@ Pancakes label of each image as start (b). For each variant (``method[:lambda]``
 weight of a starting mask in the classical walker; ``hybrid:0.5:0.5`` also the prior's decay
 per click; a ``+local`` suffix makes single positive clicks local too,
 ``session.LOCAL_POSITIVE``; ``+image`` runs the hybrid's walker on the image's pixels,
-``session.HYBRID_GRID = "image"``; ``+nokeep`` turns ``session.KEEP_DETAIL`` off), the simulated user gives Dice after 0..10 clicks for (a)
+``session.HYBRID_GRID = "image"``; ``+nokeep`` turns ``session.KEEP_DETAIL`` off; ``+radius:0.2`` sets ``session.LOCAL_RADIUS``), the simulated user gives Dice after 0..10 clicks for (a)
 nothing, (b) the Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_refine.py --data ../shared/data \\
@@ -77,12 +77,15 @@ def main(argv=None):
     out = {"weights": str(args.weights or "bundled"), "weights_meta": {k: v for k, v in ref.metadata.items() if k != "config"},
            "items": [(n, i) for n, i, *_ in items], "clicks": args.clicks, "variants": {}}
     defaults = (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA)
+    local_radius = session_module.LOCAL_RADIUS
     for v_name in args.variants:
         session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA = defaults
         v, *flags = v_name.split("+")
         session_module.LOCAL_POSITIVE = "local" in flags
         session_module.HYBRID_GRID = "image" if "image" in flags else "work"
         session_module.KEEP_DETAIL = "nokeep" not in flags
+        radius = [float(f.partition(":")[2]) for f in flags if f.startswith("radius:")]
+        session_module.LOCAL_RADIUS = radius[0] if radius else local_radius
         method, _, lam = v.partition(":")
         lam, _, decay = lam.partition(":")
         if lam and method == "hybrid":

@@ -45,7 +45,6 @@ IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
-HYBRID_FEED_SHOWN = False  # the hybrid feeds back the walker's log-odds it shows instead of the network's logits
 
 
 @dataclass(frozen=True)
@@ -323,8 +322,6 @@ class RefineSession:
             lam = _hybrid_lambda(len(clicks) + len(scribbles))
             prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=lam, beta=HYBRID_BETA)
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
-            if HYBRID_FEED_SHOWN:
-                logits = shown.astype(np.float32)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
         return honour_clicks(keep_unchanged(self.state.mask, mask, res), clicks), logits
 

@@ -32,6 +32,10 @@ image as one label), clicks that each add an instance cannot reach high Dice in 
 (:func:`click_agreement`): does the network's answer already agree with every click the user has
 given? If it does, fine-tuning its last layer on the clicks at test time has nothing to fit.
 
+``--locality`` writes only ``refine-locality[-TAG].{json,md}`` (:func:`locality`): after a negative
+click kept something far from it (the shown mask holds pixels its answer without locality dropped), how
+often does the next prompt remove them anyway?
+
 Both models must have held the leave-out group out (their metadata say so; the run refuses
 others): the shipped all-data weights trained on it.
 """
@@ -332,6 +336,76 @@ def click_agreement_markdown(res: dict) -> str:
     return md
 
 
+def locality(root, max_images: int | None, cache: Path, weights, pancakes_weights, n_clicks: int) -> dict:
+    """Per leave-out dataset and start ((a) nothing, (b) the best Pancakes label), hybrid: the
+    negative clicks whose shown mask kept pixels that the same click's answer without locality
+    dropped (``localise``),
+    how many of those the next prompt removed anyway, the median number of pixels it removed and
+    the share of them that were correct (in the target).
+
+    Why: a negative click is local only if what it left alone survives later prompts too."""
+    import copy
+
+    import torch
+
+    from napari_pancakes import load_model
+    from napari_pancakes.refine import load_refiner
+    from napari_pancakes.refine.session import RefineSession
+    from napari_pancakes.training.simulate import next_click
+
+    torch.set_num_threads(1)
+    refiner = load_refiner(weights, device="cpu")
+    pancakes = load_model(pancakes_weights, device="cpu")
+    out = {"weights": str(weights or "bundled refiner_default.safetensors"), "clicks": n_clicks, "sets": {}}
+    for name, (images, truths, _) in load_leave_out(root, max_images, cache).items():
+        starts = best_pancakes_labels(images, truths, pancakes)[0]
+        out["sets"][name] = {}
+        for mode, start_of in (("a_nothing", lambda s: None), ("b_pancakes", lambda s: s)):
+            kept_events, removed_px, removed_correct = 0, [], []
+            for img, truth, start in zip(images, truths, starts):
+                truth = truth.astype(bool)
+                session = RefineSession(refiner, img, initial_mask=start_of(start), method="hybrid")
+                kept = None
+                for _ in range(n_clicks):
+                    click = next_click(session.mask, truth)
+                    if click is None:
+                        break
+                    (y, x), positive = click
+                    answer = None
+                    if not positive:  # the same click without locality: a copy with its own history
+                        probe = copy.copy(session)
+                        probe._states, probe.local_negative = list(session._states), False
+                        answer = probe.add_click(y, x, positive)
+                    session.add_click(y, x, positive)
+                    if kept is not None:
+                        gone = kept & ~session.mask
+                        if gone.any():
+                            removed_px.append(int(gone.sum()))
+                            removed_correct.append(float((gone & truth).sum() / gone.sum()))
+                    kept = None if answer is None else session.mask & ~answer
+                    if kept is not None and not kept.any():
+                        kept = None
+                    kept_events += kept is not None
+            out["sets"][name][mode] = {
+                "negative_clicks_that_kept": kept_events, "next_prompt_removed": len(removed_px),
+                "median_removed_px": float(np.median(removed_px)) if removed_px else 0.0,
+                "removed_correct_share": round(float(np.mean(removed_correct)), 2) if removed_correct else None}
+    return out
+
+
+def locality_markdown(res: dict) -> str:
+    md = ("# Does a negative click stay local at the next prompt?\n\n"
+          f"`bench_refine.py --locality`; refiner weights: {res['weights']}; hybrid, up to {res['clicks']} simulated "
+          "clicks per image, 256 px. A negative click *kept* pixels when the shown mask holds pixels that its answer "
+          "without locality (`localise`) dropped; counted: how often the next prompt removed some of them anyway, the median number "
+          "removed, and the share of those that were in the target.\n\n| dataset | start | negative clicks that kept "
+          "pixels | next prompt removed some | median px removed | share correct |\n|---|---|---|---|---|---|\n")
+    md += "".join(f"| {n} | {MODE_NAMES[m]} | {r['negative_clicks_that_kept']} | {r['next_prompt_removed']} | "
+                  f"{r['median_removed_px']:g} | {r['removed_correct_share']} |\n"
+                  for n, modes in res["sets"].items() for m, r in modes.items())
+    return md
+
+
 SIZE_RADII = (2, 3, 4, 6, 8, 12, 20, 40)
 
 
@@ -425,6 +499,8 @@ def main(argv=None):
                          "refine-compare[-TAG].*")
     ap.add_argument("--click-agreement", action="store_true",
                     help="only whether the network's answer agrees with every click, refine-click-agreement[-TAG].*")
+    ap.add_argument("--locality", action="store_true",
+                    help="only whether a negative click stays local at the next prompt, refine-locality[-TAG].*")
     ap.add_argument("--sizes", action="store_true",
                     help="only the one-click size check on synthetic discs (no data needed), refine-sizes[-TAG].*")
     args = ap.parse_args(argv)
@@ -457,6 +533,11 @@ def main(argv=None):
     if args.click_agreement:
         res = click_agreement(data_root(args.data), args.max_images, args.cache, args.weights, args.clicks)
         write_results(args.out, tagged("refine-click-agreement"), res, click_agreement_markdown(res))
+        return 0
+    if args.locality:
+        res = locality(data_root(args.data), args.max_images, args.cache, args.weights, args.pancakes_weights,
+                       args.clicks)
+        write_results(args.out, tagged("refine-locality"), res, locality_markdown(res))
         return 0
     res = run(args)
     write_results(args.out, tagged("refine"), res, to_markdown(res))

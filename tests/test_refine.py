@@ -255,6 +255,26 @@ def test_session_negative_click_in_background_keeps_distant_objects(refiner, met
     assert after[truth].mean() > 0.9 and after[second].mean() > 0.9
 
 
+def wiping_predictor():
+    """A stand-in for ``Refiner.predict_work`` that wipes the image at each new negative click and
+    otherwise returns the fed-back logits with a blob at each positive click."""
+    negatives_after = {0: 0}  # clicks so far -> negative clicks among them (the same for repeated calls)
+
+    def predict_work(self, work, pos, neg, prior, *args, **kwargs):
+        r = self.config.resolution
+        out = np.full((r, r), -8.0, np.float32) if prior is None else prior.astype(np.float32).copy()
+        n = len(pos) + len(neg)
+        negatives_after[n] = len(neg)
+        if len(neg) > negatives_after.get(n - 1, 0):  # the newest click is negative
+            out[:] = -8.0
+        gy, gx = np.mgrid[0:r, 0:r]
+        for y, x in pos:
+            out[np.hypot(gy - y, gx - x) < 3] = 8.0
+        return out
+
+    return predict_work
+
+
 @pytest.mark.parametrize("method", ["network", "hybrid"])
 def test_negative_click_stays_local_at_the_next_prompt(refiner, monkeypatch, method):
     """A predictor that wipes the image at each new negative click: the shown mask keeps the far
@@ -264,20 +284,7 @@ def test_negative_click_stays_local_at_the_next_prompt(refiner, monkeypatch, met
     img, truth = disk_image(h=128, w=128, cy=40, cx=40, r=14)
     yy, xx = np.mgrid[0:128, 0:128]
     second = (yy - 90) ** 2 + (xx - 90) ** 2 < 12**2
-    seen = {"negative": 0}
-
-    def wiping(self, work, pos, neg, prior, *args, **kwargs):
-        r = self.config.resolution
-        out = np.full((r, r), -8.0, np.float32) if prior is None else prior.astype(np.float32).copy()
-        if len(neg) > seen["negative"]:
-            out[:] = -8.0
-        seen["negative"] = len(neg)
-        gy, gx = np.mgrid[0:r, 0:r]
-        for y, x in pos:
-            out[np.hypot(gy - y, gx - x) < 3] = 8.0
-        return out
-
-    monkeypatch.setattr(Refiner, "predict_work", wiping)
+    monkeypatch.setattr(Refiner, "predict_work", wiping_predictor())
     s = RefineSession(refiner, img + 0.6 * second, initial_mask=truth | second, method=method)
     assert s.add_click(10, 120, positive=False)[second].mean() > 0.9
     after = s.add_click(40, 40, positive=True)
@@ -482,3 +489,20 @@ def test_click_agreement_counts_clicks_the_answer_labels_wrongly(monkeypatch):
     row = bench.click_agreement(None, 2, None, None, 3)["sets"]["discs"]
     assert row["new_total"] >= 2 and row["new_disagree"] == row["new_total"]
     assert row["mean_click_loss"] > 1.0
+
+
+def test_locality_benchmark_sees_what_a_negative_click_kept(monkeypatch):
+    """``--locality``: from a start holding a correct disc and a wrong one, with a missed third,
+    the negative click on the wrong disc (whose answer wipes the image) keeps the correct one; the
+    next, positive click must not remove it."""
+    from napari_pancakes.refine.predictor import Refiner
+
+    bench = _bench_refine()
+    yy, xx = np.mgrid[0:128, 0:128]
+    right, wrong, missed = (np.hypot(yy - cy, xx - cx) < r for cy, cx, r in ((40, 40, 14), (90, 90, 20), (100, 20, 8)))
+    image = (0.2 + 0.6 * (right | wrong | missed)).astype(np.float32)[None]
+    monkeypatch.setattr(bench, "load_leave_out", lambda root, n, cache: {"discs": (image, (right | missed)[None], [0])})
+    monkeypatch.setattr(bench, "best_pancakes_labels", lambda images, truths, model: ([right | wrong], (0, 0), 0.5))
+    monkeypatch.setattr(Refiner, "predict_work", wiping_predictor())
+    row = bench.locality(None, 1, None, None, None, 3)["sets"]["discs"]["b_pancakes"]
+    assert row["negative_clicks_that_kept"] == 1 and row["next_prompt_removed"] == 0

@@ -44,7 +44,6 @@ HYBRID_GRID = "work"  # where the hybrid's walker runs: "work" (the network's gr
 IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this longer side
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
-POSITIVE_REMOVES_LOCALLY = False  # a positive click's removals local (its additions not), once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
 
 
@@ -105,12 +104,10 @@ def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarr
     return np.where(zone, new, previous)
 
 
-def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: float,
-             removals_only: bool = False) -> np.ndarray:
+def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: float) -> np.ndarray:
     """Keep the changes from ``previous`` to ``new`` that touch the disk of ``radius`` around
-    (y, x) or the connected region (of either mask) under it; revert all others.
-    ``removals_only``: additions are all kept and only removals are judged so."""
-    changed = previous & ~new if removals_only else previous ^ new
+    (y, x) or the connected region (of either mask) under it; revert all others."""
+    changed = previous ^ new
     if not changed.any():
         return new
     comp, _ = ndi.label(changed, structure=np.ones((3, 3)))
@@ -122,7 +119,7 @@ def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: 
         zone |= regions == regions[iy, ix]
     keep = np.unique(comp[zone & changed])
     keep = keep[keep > 0]
-    out = previous | new if removals_only else previous.copy()
+    out = previous.copy()
     sel = np.isin(comp, keep)
     out[sel] = new[sel]
     return out
@@ -219,12 +216,9 @@ class RefineSession:
         clicks = st.clicks + tuple((y, x, True) for y, x in pos) + tuple((y, x, False) for y, x in neg)
         mask, logits = self._predict(clicks, st.box, st.scribbles)
         single = (pos + neg)[0] if len(pos) + len(neg) == 1 else None
-        local = single is not None and (neg or (LOCAL_POSITIVE and st.mask.any()))
-        removals = single is not None and not local and POSITIVE_REMOVES_LOCALLY and st.mask.any()
-        if self.local_negative and (local or removals):
+        if self.local_negative and single is not None and (neg or (LOCAL_POSITIVE and st.mask.any())):
             answer = mask
-            mask = localise(st.mask, answer, *single, LOCAL_RADIUS * max(self.shape), removals_only=removals)
-            mask = honour_clicks(mask, clicks)
+            mask = honour_clicks(localise(st.mask, answer, *single, LOCAL_RADIUS * max(self.shape)), clicks)
             if logits is not None:
                 logits = self._logits_as_shown(logits, answer, mask)
         self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))

@@ -229,17 +229,48 @@ def test_walker_is_scikit_image_random_walker_without_prior():
 
 
 def test_negative_click_is_local():
-    from napari_pancakes.refine.session import localise
+    from napari_pancakes.refine.session import click_footprint, localise
 
     prev = np.zeros((120, 120), bool)
     prev[20:40, 20:40] = True  # a correct object
     prev[80:100, 80:100] = True  # another one
     erased = np.zeros_like(prev)  # a predictor that wiped everything
     # a negative click in empty background far from both keeps both
-    assert np.array_equal(localise(prev, erased, 60, 110, radius=12), prev)
+    assert np.array_equal(localise(prev, erased, click_footprint(60, 110, prev.shape), radius=12), prev)
     # a negative click on one object may remove that object only
-    out = localise(prev, erased, 30, 30, radius=12)
+    out = localise(prev, erased, click_footprint(30, 30, prev.shape), radius=12)
     assert not out[20:40, 20:40].any() and out[80:100, 80:100].all()
+    # a drawn path reaches as far as its neighbourhood: 12 px from the path's end, not beyond
+    path = np.zeros_like(prev)
+    path[60, 50:70] = True
+    near_object, far_object = np.zeros_like(prev), np.zeros_like(prev)
+    near_object[58:63, 76:79] = True  # 7-9 px from the path's end
+    far_object[58:63, 86:89] = True  # 17-19 px
+    both = prev | near_object | far_object
+    out = localise(both, erased, path, radius=12)
+    assert not out[near_object].any() and out[far_object].all() and out[prev].all()
+
+
+@pytest.mark.parametrize("method", ["network", "hybrid"])
+def test_negative_scribble_in_background_keeps_distant_objects(refiner, monkeypatch, method):
+    """A predictor that wipes the image at a negative scribble: the objects far from the
+    scribble stay, now and after the next positive click."""
+    from napari_pancakes.refine.predictor import Refiner
+
+    img, truth = disk_image(h=128, w=128, cy=40, cx=40, r=14)
+    yy, xx = np.mgrid[0:128, 0:128]
+    second = (yy - 90) ** 2 + (xx - 90) ** 2 < 12**2
+    forward = Refiner.predict_work
+
+    def wipes_at_negative_scribbles(self, work, pos, neg, prior, box=None, pos_map=None, neg_map=None):
+        if neg_map is not None and not pos:
+            return np.full((self.config.resolution,) * 2, -8.0, np.float32)
+        return forward(self, work, pos, neg, prior, box, pos_map, neg_map)
+
+    monkeypatch.setattr(Refiner, "predict_work", wipes_at_negative_scribbles)
+    s = RefineSession(refiner, img + 0.6 * second, initial_mask=truth | second, method=method)
+    after = s.add_scribble([(5, 100), (5, 125)], positive=False)
+    assert after[truth].mean() > 0.9 and after[second].mean() > 0.9
 
 
 @pytest.mark.parametrize("method", ["network", "hybrid", "classical"])

@@ -17,10 +17,10 @@ only the places where the answer changed on that grid take the new mask; elsewhe
 previous mask stays pixel for pixel. A chosen label of a 1024 px image is not resampled
 through the 128 px grid by every click.
 
-Negative clicks are local: after a negative click, changes are kept only where they touch
-the click's neighbourhood or the connected region under the click; a correct region
+Negative clicks and negative scribbles are local: after one, changes are kept only where they
+touch its neighbourhood or the connected region under it; a correct region
 elsewhere is never erased by it, and the logits fed back to the next prompt are those of the
-mask shown there, so a later prompt does not erase it either.
+mask shown there, so later prompts take far less of it away (``bench_refine.py --locality``).
 """
 from __future__ import annotations
 
@@ -104,24 +104,45 @@ def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarr
     return np.where(zone, new, previous)
 
 
-def localise(previous: np.ndarray, new: np.ndarray, y: float, x: float, radius: float) -> np.ndarray:
-    """Keep the changes from ``previous`` to ``new`` that touch the disk of ``radius`` around
-    (y, x) or the connected region (of either mask) under it; revert all others."""
+def localise(previous: np.ndarray, new: np.ndarray, footprint: np.ndarray, radius: float) -> np.ndarray:
+    """Keep the changes from ``previous`` to ``new`` that touch the prompt's neighbourhood (within
+    ``radius`` of ``footprint``, a bool mask of the clicked pixel or the drawn path) or a connected
+    region (of either mask) under the prompt; revert all others."""
     changed = previous ^ new
     if not changed.any():
         return new
     comp, _ = ndi.label(changed, structure=np.ones((3, 3)))
-    zone = seed_disks([(y, x)], new.shape, radius)
-    iy, ix = int(round(y)), int(round(x))
+    zone = _within(footprint, radius)
     union = previous | new
-    if union[iy, ix]:
+    under = union & footprint
+    if under.any():
         regions, _ = ndi.label(union, structure=np.ones((3, 3)))
-        zone |= regions == regions[iy, ix]
+        zone |= np.isin(regions, np.unique(regions[under]))
     keep = np.unique(comp[zone & changed])
     keep = keep[keep > 0]
     out = previous.copy()
     sel = np.isin(comp, keep)
     out[sel] = new[sel]
+    return out
+
+
+def _within(footprint: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels within ``radius`` of ``footprint`` (the distance transform on its bounding box only)."""
+    ys, xs = np.nonzero(footprint)
+    out = np.zeros(footprint.shape, bool)
+    if not len(ys):
+        return out
+    r = int(np.ceil(radius)) + 1
+    y0, y1 = max(0, ys.min() - r), min(footprint.shape[0], ys.max() + r + 1)
+    x0, x1 = max(0, xs.min() - r), min(footprint.shape[1], xs.max() + r + 1)
+    out[y0:y1, x0:x1] = ndi.distance_transform_edt(~footprint[y0:y1, x0:x1]) <= radius
+    return out
+
+
+def click_footprint(y: float, x: float, shape) -> np.ndarray:
+    """Bool mask of the pixel under a click (the footprint :func:`localise` measures from)."""
+    out = np.zeros(shape, bool)
+    out[int(round(y)), int(round(x))] = True
     return out
 
 
@@ -218,7 +239,8 @@ class RefineSession:
         single = (pos + neg)[0] if len(pos) + len(neg) == 1 else None
         if self.local_negative and single is not None and (neg or (LOCAL_POSITIVE and st.mask.any())):
             answer = mask
-            mask = honour_clicks(localise(st.mask, answer, *single, LOCAL_RADIUS * max(self.shape)), clicks)
+            footprint = click_footprint(*single, self.shape)
+            mask = honour_clicks(localise(st.mask, answer, footprint, LOCAL_RADIUS * max(self.shape)), clicks)
             if logits is not None:
                 logits = self._logits_as_shown(logits, answer, mask)
         self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))
@@ -250,6 +272,11 @@ class RefineSession:
         st = self.state
         scribbles = st.scribbles + ((pts, bool(positive)),)
         mask, logits = self._predict(st.clicks, st.box, scribbles)
+        if self.local_negative and not positive:  # a negative scribble is local as a negative click is
+            answer = mask
+            mask = localise(st.mask, answer, _draw_paths([pts], self.shape), LOCAL_RADIUS * max(self.shape))
+            if logits is not None:
+                logits = self._logits_as_shown(logits, answer, mask)
         self._push(SessionState(st.clicks, mask, logits, st.box, scribbles))
         return mask
 

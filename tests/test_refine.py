@@ -236,9 +236,9 @@ def test_negative_click_is_local():
     prev[80:100, 80:100] = True  # another one
     erased = np.zeros_like(prev)  # a predictor that wiped everything
     # a negative click in empty background far from both keeps both
-    assert np.array_equal(localise(prev, erased, click_footprint(60, 110, prev.shape), radius=12), prev)
+    assert np.array_equal(localise(prev, erased, click_footprint([(60, 110)], prev.shape), radius=12), prev)
     # a negative click on one object may remove that object only
-    out = localise(prev, erased, click_footprint(30, 30, prev.shape), radius=12)
+    out = localise(prev, erased, click_footprint([(30, 30)], prev.shape), radius=12)
     assert not out[20:40, 20:40].any() and out[80:100, 80:100].all()
     # a drawn path reaches as far as its neighbourhood: 12 px from the path's end, not beyond
     path = np.zeros_like(prev)
@@ -319,6 +319,9 @@ def test_negative_click_stays_local_at_the_next_prompt(refiner, monkeypatch, met
     s = RefineSession(refiner, img + 0.6 * second, initial_mask=truth | second, method=method)
     assert s.add_click(10, 120, positive=False)[second].mean() > 0.9
     after = s.add_click(40, 40, positive=True)
+    assert after[second].mean() > 0.9 and after[truth].mean() > 0.9
+    # two negative clicks at once (queued while a slow predictor ran) are local too
+    after = s.add_clicks(negative=[(5, 5), (120, 10)])
     assert after[second].mean() > 0.9 and after[truth].mean() > 0.9
 
 

@@ -139,10 +139,11 @@ def _within(footprint: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
-def click_footprint(y: float, x: float, shape) -> np.ndarray:
-    """Bool mask of the pixel under a click (the footprint :func:`localise` measures from)."""
+def click_footprint(points, shape) -> np.ndarray:
+    """Bool mask of the pixels under clicks ((y, x) each; the footprint :func:`localise` measures from)."""
     out = np.zeros(shape, bool)
-    out[int(round(y)), int(round(x))] = True
+    for y, x in points:
+        out[int(round(y)), int(round(x))] = True
     return out
 
 
@@ -236,10 +237,12 @@ class RefineSession:
         st = self.state
         clicks = st.clicks + tuple((y, x, True) for y, x in pos) + tuple((y, x, False) for y, x in neg)
         mask, logits = self._predict(clicks, st.box, st.scribbles)
-        single = (pos + neg)[0] if len(pos) + len(neg) == 1 else None
-        if self.local_negative and single is not None and (neg or (LOCAL_POSITIVE and st.mask.any())):
+        # local: one negative click, or several at once (clicks queued while a slow predictor ran);
+        # with LOCAL_POSITIVE one positive click on a mask too. Mixed sets (automatic prompts) are not.
+        local = (neg and not pos) or (LOCAL_POSITIVE and len(pos) == 1 and not neg and st.mask.any())
+        if self.local_negative and local:
             answer = mask
-            footprint = click_footprint(*single, self.shape)
+            footprint = click_footprint(pos + neg, self.shape)
             mask = honour_clicks(localise(st.mask, answer, footprint, LOCAL_RADIUS * max(self.shape)), clicks)
             if logits is not None:
                 logits = self._logits_as_shown(logits, answer, mask)

@@ -241,11 +241,7 @@ class RefineSession:
         # with LOCAL_POSITIVE one positive click on a mask too. Mixed sets (automatic prompts) are not.
         local = (neg and not pos) or (LOCAL_POSITIVE and len(pos) == 1 and not neg and st.mask.any())
         if self.local_negative and local:
-            answer = mask
-            footprint = click_footprint(pos + neg, self.shape)
-            mask = honour_clicks(localise(st.mask, answer, footprint, LOCAL_RADIUS * max(self.shape)), clicks)
-            if logits is not None:
-                logits = self._logits_as_shown(logits, answer, mask)
+            mask, logits = self._localised(mask, logits, click_footprint(pos + neg, self.shape), clicks)
         self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))
         return mask
 
@@ -276,10 +272,7 @@ class RefineSession:
         scribbles = st.scribbles + ((pts, bool(positive)),)
         mask, logits = self._predict(st.clicks, st.box, scribbles)
         if self.local_negative and not positive:  # a negative scribble is local as a negative click is
-            answer = mask
-            mask = localise(st.mask, answer, _draw_paths([pts], self.shape), LOCAL_RADIUS * max(self.shape))
-            if logits is not None:
-                logits = self._logits_as_shown(logits, answer, mask)
+            mask, logits = self._localised(mask, logits, _draw_paths([pts], self.shape))
         self._push(SessionState(st.clicks, mask, logits, st.box, scribbles))
         return mask
 
@@ -306,9 +299,15 @@ class RefineSession:
         self._pos += 1
 
     # --- prediction ------------------------------------------------------------------------
+    def _localised(self, answer: np.ndarray, logits, footprint: np.ndarray, clicks=()):
+        """(mask, logits to feed back) after a negative prompt with ``footprint``: ``answer`` with
+        the changes far from the prompt reverted (:func:`localise`; clicked spots honoured)."""
+        mask = honour_clicks(localise(self.state.mask, answer, footprint, LOCAL_RADIUS * max(self.shape)), clicks)
+        return mask, None if logits is None else self._logits_as_shown(logits, answer, mask)
+
     def _logits_as_shown(self, logits: np.ndarray, answer: np.ndarray, shown: np.ndarray) -> np.ndarray:
         """Working logits to feed back: the network's, except where ``shown`` reverted its ``answer``
-        (a local negative click), where they are the shown mask's.
+        (a local negative prompt), where they are the shown mask's.
 
         Why: fed back raw, the next prompt starts from a mask without the regions the click left
         alone, and its answer drops them; the click would be local for one step only."""

@@ -45,7 +45,6 @@ IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
-SHOWN_LOGIT_SCALE = 1.0  # fed-back logits where a negative prompt's locality reverted the answer: this x +-MASK_LOGIT
 
 
 @dataclass(frozen=True)
@@ -320,8 +319,7 @@ class RefineSession:
         zone = np.zeros((r, r), bool)
         zone[np.minimum(ys * r // self.shape[0], r - 1), np.minimum(xs * r // self.shape[1], r - 1)] = True
         zone = ndi.binary_dilation(zone)
-        shown_logits = SHOWN_LOGIT_SCALE * self.refiner.prior_to_work(shown, self.shape)
-        return np.where(zone, shown_logits, logits).astype(np.float32)
+        return np.where(zone, self.refiner.prior_to_work(shown, self.shape), logits).astype(np.float32)
 
     def _predict(self, clicks, box, scribbles):
         """(mask at image size, working logits to feed back) for the given prompts."""

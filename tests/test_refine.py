@@ -229,16 +229,21 @@ def test_walker_is_scikit_image_random_walker_without_prior():
 
 
 def test_negative_click_is_local():
-    from napari_pancakes.refine.session import click_footprint, localise
+    from napari_pancakes.refine.session import localise
+
+    def click_at(y, x):
+        footprint = np.zeros((120, 120), bool)
+        footprint[y, x] = True
+        return footprint
 
     prev = np.zeros((120, 120), bool)
     prev[20:40, 20:40] = True  # a correct object
     prev[80:100, 80:100] = True  # another one
     erased = np.zeros_like(prev)  # a predictor that wiped everything
     # a negative click in empty background far from both keeps both
-    assert np.array_equal(localise(prev, erased, click_footprint([(60, 110)], prev.shape), radius=12), prev)
+    assert np.array_equal(localise(prev, erased, click_at(60, 110), radius=12), prev)
     # a negative click on one object may remove that object only
-    out = localise(prev, erased, click_footprint([(30, 30)], prev.shape), radius=12)
+    out = localise(prev, erased, click_at(30, 30), radius=12)
     assert not out[20:40, 20:40].any() and out[80:100, 80:100].all()
     # a drawn path reaches as far as its neighbourhood: 12 px from the path's end, not beyond
     path = np.zeros_like(prev)

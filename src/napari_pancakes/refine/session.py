@@ -139,14 +139,6 @@ def _within(footprint: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
-def click_footprint(points, shape) -> np.ndarray:
-    """Bool mask of the pixels under clicks ((y, x) each; the footprint :func:`localise` measures from)."""
-    out = np.zeros(shape, bool)
-    for y, x in points:
-        out[int(round(y)), int(round(x))] = True
-    return out
-
-
 class RefineSession:
     """Refine one mask by prompts; each step feeds the previous logits back to the model.
 
@@ -241,7 +233,8 @@ class RefineSession:
         # with LOCAL_POSITIVE one positive click on a mask too. Mixed sets (automatic prompts) are not.
         local = (neg and not pos) or (LOCAL_POSITIVE and len(pos) == 1 and not neg and st.mask.any())
         if self.local_negative and local:
-            mask, logits = self._localised(mask, logits, click_footprint(pos + neg, self.shape), clicks)
+            footprint = _draw_paths([[p] for p in pos + neg], self.shape)  # the pixel under each click
+            mask, logits = self._localised(mask, logits, footprint, clicks)
         self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))
         return mask
 

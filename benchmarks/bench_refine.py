@@ -344,8 +344,6 @@ def locality(root, max_images: int | None, cache: Path, weights, pancakes_weight
     the share of them that were correct (in the target).
 
     Why: a negative click is local only if what it left alone survives later prompts too."""
-    import copy
-
     import torch
 
     from napari_pancakes import load_model
@@ -360,11 +358,11 @@ def locality(root, max_images: int | None, cache: Path, weights, pancakes_weight
     for name, (images, truths, _) in load_leave_out(root, max_images, cache).items():
         starts = best_pancakes_labels(images, truths, pancakes)[0]
         out["sets"][name] = {}
-        for mode, start_of in (("a_nothing", lambda s: None), ("b_pancakes", lambda s: s)):
+        for mode, from_label in (("a_nothing", False), ("b_pancakes", True)):
             kept_events, removed_px, removed_correct = 0, [], []
             for img, truth, start in zip(images, truths, starts):
                 truth = truth.astype(bool)
-                session = RefineSession(refiner, img, initial_mask=start_of(start), method="hybrid")
+                session = RefineSession(refiner, img, initial_mask=start if from_label else None, method="hybrid")
                 kept = None
                 for _ in range(n_clicks):
                     click = next_click(session.mask, truth)
@@ -372,10 +370,11 @@ def locality(root, max_images: int | None, cache: Path, weights, pancakes_weight
                         break
                     (y, x), positive = click
                     answer = None
-                    if not positive:  # the same click without locality: a copy with its own history
-                        probe = copy.copy(session)
-                        probe._states, probe.local_negative = list(session._states), False
-                        answer = probe.add_click(y, x, positive)
+                    if not positive:  # the same click without locality, then undone
+                        session.local_negative = False
+                        answer = session.add_click(y, x, positive)
+                        session.undo()
+                        session.local_negative = True
                     session.add_click(y, x, positive)
                     if kept is not None:
                         gone = kept & ~session.mask
@@ -383,8 +382,7 @@ def locality(root, max_images: int | None, cache: Path, weights, pancakes_weight
                             removed_px.append(int(gone.sum()))
                             removed_correct.append(float((gone & truth).sum() / gone.sum()))
                     kept = None if answer is None else session.mask & ~answer
-                    if kept is not None and not kept.any():
-                        kept = None
+                    kept = kept if kept is not None and kept.any() else None
                     kept_events += kept is not None
             out["sets"][name][mode] = {
                 "negative_clicks_that_kept": kept_events, "next_prompt_removed": len(removed_px),

@@ -76,16 +76,18 @@ def main(argv=None):
     ref = load_refiner(args.weights, device="cpu")
     out = {"weights": str(args.weights or "bundled"), "weights_meta": {k: v for k, v in ref.metadata.items() if k != "config"},
            "items": [(n, i) for n, i, *_ in items], "clicks": args.clicks, "variants": {}}
-    defaults = (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA)
-    local_radius = session_module.LOCAL_RADIUS
+    defaults = (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA,
+                session_module.LOCAL_RADIUS)
     for v_name in args.variants:
-        session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA = defaults
+        (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA,
+         session_module.LOCAL_RADIUS) = defaults
         v, *flags = v_name.split("+")
         session_module.LOCAL_POSITIVE = "local" in flags
         session_module.HYBRID_GRID = "image" if "image" in flags else "work"
         session_module.KEEP_DETAIL = "nokeep" not in flags
-        radius = [float(f.partition(":")[2]) for f in flags if f.startswith("radius:")]
-        session_module.LOCAL_RADIUS = radius[0] if radius else local_radius
+        for f in flags:
+            if f.startswith("radius:"):
+                session_module.LOCAL_RADIUS = float(f.partition(":")[2])
         method, _, lam = v.partition(":")
         lam, _, decay = lam.partition(":")
         if lam and method == "hybrid":

@@ -77,10 +77,10 @@ def main(argv=None):
     out = {"weights": str(args.weights or "bundled"), "weights_meta": {k: v for k, v in ref.metadata.items() if k != "config"},
            "items": [(n, i) for n, i, *_ in items], "clicks": args.clicks, "variants": {}}
     defaults = (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA,
-                session_module.LOCAL_RADIUS, session_module.NEGATIVE_ALIKE)
+                session_module.LOCAL_RADIUS)
     for v_name in args.variants:
         (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA,
-         session_module.LOCAL_RADIUS, session_module.NEGATIVE_ALIKE) = defaults
+         session_module.LOCAL_RADIUS) = defaults
         v, *flags = v_name.split("+")
         session_module.LOCAL_POSITIVE = "local" in flags
         session_module.HYBRID_GRID = "image" if "image" in flags else "work"
@@ -88,8 +88,6 @@ def main(argv=None):
         for f in flags:
             if f.startswith("radius:"):
                 session_module.LOCAL_RADIUS = float(f.partition(":")[2])
-            if f.startswith("alike:"):
-                session_module.NEGATIVE_ALIKE = float(f.partition(":")[2])
         method, _, lam = v.partition(":")
         lam, _, decay = lam.partition(":")
         if lam and method == "hybrid":

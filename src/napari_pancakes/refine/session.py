@@ -45,7 +45,6 @@ IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
-NEGATIVE_ALIKE = 0.0  # > 0: a negative prompt's removals that look like the kept mask by this margin go back (remove_alike)
 
 
 @dataclass(frozen=True)
@@ -138,31 +137,6 @@ def _within(footprint: np.ndarray, radius: float) -> np.ndarray:
     x0, x1 = max(0, xs.min() - r), min(footprint.shape[1], xs.max() + r + 1)
     out[y0:y1, x0:x1] = ndi.distance_transform_edt(~footprint[y0:y1, x0:x1]) <= radius
     return out
-
-
-def remove_alike(previous: np.ndarray, new: np.ndarray, features: np.ndarray, footprint: np.ndarray,
-                 near: float, margin: float) -> np.ndarray:
-    """``new`` with the removals of a negative prompt reverted where the pixel looks clearly more
-    like the mask that remains than like the material under the prompt.
-
-    Why: a chosen label often joins the target to a false region (nuclei glued by stroma); a
-    negative click on the false region made the network drop the whole joined region, true parts
-    included. ``features`` (H, W, C) are the smoothed normalised image; the references are the
-    median features within ``near`` pixels of ``footprint`` and over what ``new`` keeps of the
-    mask. A removed pixel outside ``near`` is put back when it lies at least ``margin`` from the
-    prompt's reference in the direction of the kept mask's."""
-    removed = previous & ~new
-    zone = _within(footprint, near)
-    kept = new & previous
-    if not removed.any() or kept.sum() < 16 or not zone.any():
-        return new
-    ref_neg = np.median(features[zone], 0)
-    direction = np.median(features[kept], 0) - ref_neg
-    length = float(np.linalg.norm(direction))
-    if length < 0.02:  # no side to tell the kept mask by
-        return new
-    toward_kept = (features - ref_neg) @ (direction / length)
-    return new | (removed & (toward_kept >= margin) & ~zone)
 
 
 class RefineSession:
@@ -321,11 +295,7 @@ class RefineSession:
     def _localised(self, answer: np.ndarray, logits, footprint: np.ndarray, clicks=()):
         """(mask, logits to feed back) after a negative prompt with ``footprint``: ``answer`` with
         the changes far from the prompt reverted (:func:`localise`; clicked spots honoured)."""
-        mask = localise(self.state.mask, answer, footprint, LOCAL_RADIUS * max(self.shape))
-        if NEGATIVE_ALIKE > 0:
-            near = max(2.0, max(self.shape) / 128)
-            mask = remove_alike(self.state.mask, mask, self._features(), footprint, near, NEGATIVE_ALIKE)
-        mask = honour_clicks(mask, clicks)
+        mask = honour_clicks(localise(self.state.mask, answer, footprint, LOCAL_RADIUS * max(self.shape)), clicks)
         return mask, None if logits is None else self._logits_as_shown(logits, answer, mask)
 
     def _logits_as_shown(self, logits: np.ndarray, answer: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -389,13 +359,6 @@ class RefineSession:
         prior = 1 / (1 + np.exp(-self.refiner.upsample(logits, grid)))
         prob = random_walk(norm, fg, bg, prior=prior, lam=lam, beta=HYBRID_BETA)
         return (prob if grid == self.shape else resize_image(prob, self.shape)) > 0.5
-
-    def _features(self) -> np.ndarray:
-        """(H, W, C) normalised image smoothed by about one working-grid pixel (:func:`remove_alike`)."""
-        norm = self._full_norm()
-        norm = norm[..., None] if norm.ndim == 2 else norm
-        sigma = max(1.0, max(self.shape) / 256)
-        return ndi.gaussian_filter(norm, (sigma, sigma, 0))
 
     def _full_norm(self) -> np.ndarray:
         """The image normalised at its own resolution (computed on first use, for the walkers)."""

@@ -310,6 +310,36 @@ def test_superpixel_targets_follow_image_regions_and_feed_training():
     assert np.isfinite(train_step(net, opt, batch, net.config, rng, steps=2))
 
 
+def test_bundled_images_train_the_refiner_without_labels():
+    """scikit-image's own images (no download) as an unlabelled source: every crop trains (no
+    validation images, no labels to validate on), each example's target comes from the image, and
+    ``bundled_prob`` sets the share of real crops taken from them."""
+    import types
+
+    from napari_pancakes.training.datasets import BUNDLED_IMAGES, bundled_images
+    from napari_pancakes.training.refiner import Recipe, Source, make_example
+
+    ds = bundled_images(64)
+    assert ds.images.shape == (5 * len(BUNDLED_IMAGES), 64, 64) and not ds.labels.any()
+    assert 0 <= ds.images.min() and ds.images.max() <= 1 and len(np.unique(ds.subject)) == len(BUNDLED_IMAGES)
+    bundled = Source(ds, 32, unlabelled=True)
+    assert len(bundled.train) == len(ds.images) and len(bundled.val) == 0
+    rng = np.random.default_rng(0)
+    examples = [make_example([bundled], rng, 32, Recipe(synthetic_prob=0.0)) for _ in range(10)]
+    assert all(0 < e.target.sum() < e.target.size for e in examples)
+    # beside a labelled source, the share of crops from the bundled images follows bundled_prob
+    labelled_img = np.zeros((2, 64, 64), np.float32)
+    labelled_img[:, 16:48, 16:48] = 1.0
+    labelled = Source(types.SimpleNamespace(name="square", images=labelled_img, labels=labelled_img.astype(np.uint8),
+                                            groups=[], validation_mask=lambda: np.array([False, False])), 32)
+    for share in (0.0, 0.5):
+        recipe = Recipe(synthetic_prob=0.0, bundled_prob=share)
+        examples = [make_example([labelled, bundled], rng, 32, recipe) for _ in range(200)]
+        # the square's crops are nearly all exactly 0 or 1; a normalised photograph's are not
+        from_square = np.mean([np.isin(e.img, (0.0, 1.0)).mean() > 0.7 for e in examples])
+        assert abs((1 - from_square) - share) < 0.12, (share, from_square)
+
+
 def test_similar_region_targets_take_every_instance_alike():
     """A many-instance target (similar_regions_target) is several of the image's own blobs that look
     alike: on an image of bright discs and a dim disc, every target lies on the bright discs (never

@@ -281,6 +281,38 @@ def load_real_datasets(names: list[str] | None = None, root: Path | None = None,
     return out
 
 
+# Images that scikit-image ships (no download), by kind: histology (IHC), fundus, microscopy,
+# astronomy (small bright blobs), photographs and textures. None is labelled.
+BUNDLED_IMAGES = ("immunohistochemistry", "retina", "microaneurysms", "cell", "hubble_deep_field", "coins",
+                  "camera", "astronaut", "chelsea", "coffee", "rocket", "moon", "grass", "gravel", "brick")
+
+
+def bundled_images(res: int = 256) -> RealDataset:
+    """The images of ``BUNDLED_IMAGES`` as an unlabelled dataset (labels all 0): from each, its
+    largest centred square and the four half-size squares at that square's corners, grey, at
+    ``res``; one subject per source image.
+
+    Why: the refiner's targets drawn from the image itself (superpixel regions, painted shapes)
+    need no annotation, so any image adds variety of texture, noise and contrast beyond the
+    annotated folders; these ship with scikit-image, so a fresh machine has them."""
+    from skimage import data as skdata
+    from skimage.color import rgb2gray
+
+    images, subject = [], []
+    for k, name in enumerate(BUNDLED_IMAGES):
+        img = np.asarray(getattr(skdata, name)(), np.float32)
+        img = rgb2gray(img[..., :3]) if img.ndim == 3 else img
+        side = min(img.shape)
+        y0, x0 = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+        square = img[y0:y0 + side, x0:x0 + side]
+        half = side // 2
+        for crop in (square, square[:half, :half], square[:half, half:], square[half:, :half], square[half:, half:]):
+            images.append(prepare_image(crop, res))
+            subject.append(k)
+    images = np.stack(images).astype(np.float32)
+    return RealDataset("bundled_images", images, np.zeros(images.shape, np.uint8), subject=np.array(subject))
+
+
 def protocol_mapping(rng: np.random.Generator, labels: np.ndarray, groups=(), natural: float = 0.5,
                      one_vs_rest: float = 0.0) -> np.ndarray | None:
     """A random protocol over annotated label ids, as a lookup table (label id -> protocol label).

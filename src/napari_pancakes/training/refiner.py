@@ -30,7 +30,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from ..io_weights import save_weights
 from ..refine.predictor import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT, load_refiner
 from .augment import modality_augment
 from .simulate import dice, next_click
-from .datasets import LEAVE_OUT, DATASET_GROUPS, data_root, folder_names, load_real_datasets, read_pack
+from .datasets import LEAVE_OUT, DATASET_GROUPS, bundled_images, data_root, folder_names, load_real_datasets, read_pack
 
 STORE = 256  # real data are read at this size and cropped/zoomed to the working resolution
 PANCAKES_MK = (8, 20)
@@ -72,6 +72,8 @@ class Recipe:
     box_prob: float = 0.25  # a box as the first prompt of an example with no starting mask
     # (the rest of those: clicks with probability 0.5, else a scribble)
     zoom_out_prob: float = 0.0  # zoom_out on a real crop: structures smaller than any crop shows them
+    bundled_prob: float = 0.0  # a crop of an unlabelled image scikit-image ships (datasets.bundled_images),
+    # its target a superpixel region or a painted small shape: variety beyond the annotated modalities
     box_superpixel_prob: float = 0.0  # a real crop whose first prompt is a box: its target replaced by a
     # superpixel region. More superpixel targets helped boxes and hurt clicks from nothing (session 12,
     # refine-compare-superpixel-0.6-vs-control-30.md), so this gives them to boxes alone.
@@ -285,13 +287,16 @@ def small_target(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, min
 class Source:
     """One real dataset: training/validation indices, optional Pancakes labels at working size."""
 
-    def __init__(self, ds, r: int):
+    def __init__(self, ds, r: int, unlabelled: bool = False):
         self.name, self.images, self.labels = ds.name, ds.images, ds.labels
         self.groups = DATASET_GROUPS.get(ds.name, list(ds.groups))
         is_val = ds.validation_mask()  # the split of the Pancakes campaign: whole subjects
         self.val, self.train = np.flatnonzero(is_val), np.flatnonzero(~is_val)
         self.r = r
         self.pancakes: dict[int, np.ndarray] = {}  # image index -> (M, r, r) labels
+        self.unlabelled = unlabelled  # bundled_images: every image trains, targets from the image
+        if unlabelled:
+            self.val, self.train = self.val[:0], np.arange(len(self.images))
 
     def work(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Whole image i at working size (image, label map)."""
@@ -312,6 +317,8 @@ class Source:
         inverted (benchmarks/results/refine-gpu-superpixel.md and
         refine-gpu-superpixel-inverted.md, ``bench_refine.py --invert``)."""
         r = self.r
+        if self.unlabelled:  # no label to pick: a superpixel region, else a painted small shape
+            recipe = replace(recipe, similar_prob=0.0, superpixel_prob=0.7, small_prob=0.3)
         for _ in range(20):
             if with_pancakes and self.pancakes:
                 keys = list(self.pancakes)
@@ -517,7 +524,11 @@ def make_example(sources, rng, r: int, recipe: Recipe = Recipe()) -> Example:
             img, target = synthetic_example(rng, r)
             pan = None
         else:
-            got = sources[rng.integers(len(sources))].sample(rng, pan_mode, recipe)
+            pool = sources
+            if any(s.unlabelled for s in sources):  # recipe.bundled_prob of the crops from those
+                unlabelled = rng.random() < recipe.bundled_prob or all(s.unlabelled for s in sources)
+                pool = [s for s in sources if s.unlabelled == unlabelled]
+            got = pool[rng.integers(len(pool))].sample(rng, pan_mode, recipe)
             if got is None:
                 continue
             img, target, pan = got
@@ -818,6 +829,9 @@ def main(argv=None):
     ap.add_argument("--augment-prob", type=float, default=0.0,
                     help="share of real crops shown as another scanner might (augment.modality_augment: "
                          "intensity curve, speckle, blur, noise) and transposed half the time")
+    ap.add_argument("--bundled-prob", type=float, default=0.0,
+                    help="share of real crops taken from unlabelled images that scikit-image ships "
+                         "(datasets.bundled_images), with targets drawn from the image itself")
     ap.add_argument("--leave-out", default=",".join(LEAVE_OUT),
                     help="comma-separated datasets not read ('' = train on all: the stage that ships, once "
                          "the recipe is settled on the leave-out benchmark)")
@@ -845,7 +859,8 @@ def main(argv=None):
                         small_prob=args.small_prob, small_radii=tuple(args.small_radii),
                         invert_prob=args.invert_prob, poor_start_prob=args.poor_start_prob,
                         augment_prob=args.augment_prob, box_prob=args.box_prob,
-                        zoom_out_prob=args.zoom_out_prob, box_superpixel_prob=args.box_superpixel_prob)
+                        zoom_out_prob=args.zoom_out_prob, box_superpixel_prob=args.box_superpixel_prob,
+                        bundled_prob=args.bundled_prob)
     except ValueError as err:
         ap.error(str(err))
 
@@ -913,6 +928,9 @@ def main(argv=None):
         log(f"best.safetensors on these validation pairs: {again['score']} (recorded: {state['best_score']})")
         state["best_score"] = again["score"]
 
+    if recipe.bundled_prob:  # examples only: they have no labels to validate on
+        sources = sources + [Source(bundled_images(STORE), r, unlabelled=True)]
+        log(f"bundled images: {len(sources[-1].images)} crops, {recipe.bundled_prob:.0%} of real crops")
     run_info = {"leave_out": leave_out, "batch": args.batch, "device": args.device,
                 "recipe": asdict(recipe)}  # into best.safetensors
     pool = ExamplePool(sources, args.workers, config, recipe) if args.workers > 0 else None

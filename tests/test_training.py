@@ -315,13 +315,19 @@ def test_bundled_images_train_the_refiner_without_labels():
     validation images, no labels to validate on), each example's target comes from the image, and
     ``bundled_prob`` sets the share of real crops taken from them."""
     import types
+    from unittest import mock
 
+    from napari_pancakes.training import datasets
     from napari_pancakes.training.datasets import BUNDLED_IMAGES, bundled_images
     from napari_pancakes.training.refiner import Recipe, Source, make_example
 
     ds = bundled_images(64)
-    assert ds.images.shape == (5 * len(BUNDLED_IMAGES), 64, 64) and not ds.labels.any()
-    assert 0 <= ds.images.min() and ds.images.max() <= 1 and len(np.unique(ds.subject)) == len(BUNDLED_IMAGES)
+    n = len(np.unique(ds.subject))  # all 15 with scikit-image 0.26; a later one may drop some
+    assert ds.images.shape == (5 * n, 64, 64) and n >= len(BUNDLED_IMAGES) // 2 and not ds.labels.any()
+    assert 0 <= ds.images.min() and ds.images.max() <= 1
+    with mock.patch.object(datasets, "BUNDLED_IMAGES", ("coins", "no_such_image")):
+        with pytest.warns(UserWarning, match="no_such_image"):
+            assert len(datasets.bundled_images(32)) == 5  # one that cannot be read is left out, the rest train
     bundled = Source(ds, 32, unlabelled=True)
     assert len(bundled.train) == len(ds.images) and len(bundled.val) == 0
     rng = np.random.default_rng(0)

@@ -294,13 +294,20 @@ def bundled_images(res: int = 256) -> RealDataset:
 
     Why: the refiner's targets drawn from the image itself (superpixel regions, painted shapes)
     need no annotation, so any image adds variety of texture, noise and contrast beyond the
-    annotated folders; these ship with scikit-image, so a fresh machine has them."""
+    annotated folders; these ship with scikit-image, so a fresh machine has them. An image that a
+    later scikit-image no longer ships (it would have to be downloaded) is left out with a warning."""
+    import warnings
+
     from skimage import data as skdata
     from skimage.color import rgb2gray
 
     images, subject = [], []
     for k, name in enumerate(BUNDLED_IMAGES):
-        img = np.asarray(getattr(skdata, name)(), np.float32)
+        try:
+            img = np.asarray(getattr(skdata, name)(), np.float32)
+        except Exception as err:  # noqa: BLE001 - moved to a download, renamed, or no network
+            warnings.warn(f"bundled_images: scikit-image's {name!r} is not available ({err}); left out")
+            continue
         img = rgb2gray(img[..., :3]) if img.ndim == 3 else img
         side = min(img.shape)
         y0, x0 = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
@@ -309,6 +316,8 @@ def bundled_images(res: int = 256) -> RealDataset:
         for crop in (square, square[:half, :half], square[:half, half:], square[half:, :half], square[half:, half:]):
             images.append(prepare_image(crop, res))
             subject.append(k)
+    if not images:
+        raise RuntimeError("none of scikit-image's bundled images could be read (datasets.BUNDLED_IMAGES)")
     images = np.stack(images).astype(np.float32)
     return RealDataset("bundled_images", images, np.zeros(images.shape, np.uint8), subject=np.array(subject))
 

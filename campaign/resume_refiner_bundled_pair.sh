@@ -9,7 +9,7 @@ COMMON=(--init campaign/refiner-augment-box/best.safetensors --seed 13 --steps 8
         --threads 1 --cache runs/cache --superpixel-prob 0.3 --small-prob 0.3 --small-radii 1 5
         --poor-start-prob 0.3 --augment-prob 0.5 --box-prob 0.4)
 OMP_NUM_THREADS=1 python -m napari_pancakes.training.refiner --out campaign/refiner-bundled-long "${COMMON[@]}" \
-  --bundled-prob 0.2 > campaign/refiner-bundled-long/stdout.txt 2>&1 &
+  --bundled-prob 0.2 > "${TMPDIR:-/tmp}/refiner-bundled-long.out" 2>&1 &
 OMP_NUM_THREADS=1 python -m napari_pancakes.training.refiner --out campaign/refiner-bundled-long-control "${COMMON[@]}" \
-  > campaign/refiner-bundled-long-control/stdout.txt 2>&1 &
+  > "${TMPDIR:-/tmp}/refiner-bundled-long-control.out" 2>&1 &
 wait

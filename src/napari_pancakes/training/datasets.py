@@ -299,16 +299,15 @@ def bundled_images(res: int = 256) -> RealDataset:
     import warnings
 
     from skimage import data as skdata
-    from skimage.color import rgb2gray
 
     images, subject = [], []
     for k, name in enumerate(BUNDLED_IMAGES):
         try:
-            img = np.asarray(getattr(skdata, name)(), np.float32)
+            raw = getattr(skdata, name)()
         except Exception as err:  # noqa: BLE001 - moved to a download, renamed, or no network
             warnings.warn(f"bundled_images: scikit-image's {name!r} is not available ({err}); left out")
             continue
-        img = rgb2gray(img[..., :3]) if img.ndim == 3 else img
+        img = to_image_list([raw])[0][0]  # RGB(A) -> intensity as the folders are read (_read_folder)
         side = min(img.shape)
         y0, x0 = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
         square = img[y0:y0 + side, x0:x0 + side]

@@ -290,13 +290,13 @@ class Source:
     def __init__(self, ds, r: int, unlabelled: bool = False):
         self.name, self.images, self.labels = ds.name, ds.images, ds.labels
         self.groups = DATASET_GROUPS.get(ds.name, list(ds.groups))
-        is_val = ds.validation_mask()  # the split of the Pancakes campaign: whole subjects
+        # the split of the Pancakes campaign (whole subjects); an unlabelled source (bundled_images) has
+        # nothing to validate on: every image trains, its targets drawn from the image
+        is_val = np.zeros(len(self.images), bool) if unlabelled else ds.validation_mask()
         self.val, self.train = np.flatnonzero(is_val), np.flatnonzero(~is_val)
         self.r = r
         self.pancakes: dict[int, np.ndarray] = {}  # image index -> (M, r, r) labels
-        self.unlabelled = unlabelled  # bundled_images: every image trains, targets from the image
-        if unlabelled:
-            self.val, self.train = self.val[:0], np.arange(len(self.images))
+        self.unlabelled = unlabelled
 
     def work(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Whole image i at working size (image, label map)."""

@@ -729,3 +729,40 @@ def test_box_superpixel_targets_only_replace_box_examples():
     # the superpixels found, which is not always the disk
     assert all(ex.img[ex.target].mean() > 0.7 for ex in others)
     assert any(ex.img[ex.target].mean() < 0.7 for ex in boxed)
+
+
+def test_refiner_checkpoints_from_the_earlier_layout_still_resume(tmp_path):
+    """Committed refiner campaigns were written as ``net.*`` / ``opt.*`` tensors with the torch RNG
+    in the JSON; the package's one checkpoint reader restores model, optimiser and RNG from them, and
+    the next save is in the common layout (``model.*``, ``optim.*``, ``rng.torch``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from napari_pancakes.refine.network import RefinerConfig, RefinerNet
+    from napari_pancakes.training.refiner import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(3)
+    net = RefinerNet(RefinerConfig(features=(8, 8)))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.zeros(1, net.config.in_channels, 16, 16)).sum().backward()
+    opt.step()
+    old = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
+    for i, s in opt.state_dict()["state"].items():
+        old.update({f"opt.{i}.{k}": v.reshape(v.shape).contiguous().clone() for k, v in s.items()})
+    save_file(old, str(tmp_path / "checkpoint.safetensors"))
+    rng = torch.get_rng_state()
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"it": 7, "elapsed": 1.5, "torch_rng": rng.tolist(),
+                                                          "param_groups": opt.state_dict()["param_groups"]}))
+    fresh = RefinerNet(RefinerConfig(features=(8, 8)))
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    torch.manual_seed(99)
+    state = load_checkpoint(tmp_path, fresh, fresh_opt)
+    assert state == {"it": 7, "elapsed": 1.5}
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in fresh.state_dict().items())
+    moments = fresh_opt.state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(moments, opt.state_dict()["state"][0]["exp_avg"])
+    save_checkpoint(tmp_path, fresh, fresh_opt, state)
+    meta = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert meta["it"] == 7 and "torch_rng" not in meta and meta["format"].startswith("napari-pancakes-checkpoint")

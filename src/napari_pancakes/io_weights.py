@@ -135,8 +135,12 @@ def average_refiner_files(paths, out: str | Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict, rng_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+                    state: dict, rng_tensors: dict[str, torch.Tensor] | None = None,
+                    json_path: str | Path | None = None) -> Path:
     """A resumable training checkpoint as ``path`` (safetensors) plus ``path.json`` (no pickle).
+
+    Both training loops (Pancakes and the click refiner) write through here; the refiner keeps its
+    campaign folders' names (``checkpoint.safetensors`` + ``checkpoint.json``) via ``json_path``.
 
     The safetensors file holds the model (``model.*``), every optimiser state tensor
     (``optim.<param index>.<name>``) and RNG byte states (``rng.*``); the JSON holds the model
@@ -165,21 +169,24 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(path)
-    json_path = path.with_name(path.name + ".json")
+    json_path = Path(json_path) if json_path is not None else path.with_name(path.name + ".json")
     tmp_json = json_path.with_name(json_path.name + ".tmp")
     tmp_json.write_text(json.dumps(meta))
     tmp_json.replace(json_path)
     return path
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", json_path: str | Path | None = None):
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Returns ``(model_state, optimizer_state, rng_tensors, meta)``: the first two are ready
     for ``load_state_dict``; ``meta`` is the JSON (config, step, RNG states, ...).
+    Also reads the click refiner's checkpoints from before it wrote through here
+    (tensors ``net.*`` / ``opt.<index>.<name>``, the torch RNG as a JSON list), so that committed
+    campaigns resume.
     """
     path = Path(path)
-    json_path = path.with_name(path.name + ".json")
+    json_path = Path(json_path) if json_path is not None else path.with_name(path.name + ".json")
     if not json_path.is_file():
         raise FileNotFoundError(f"checkpoint {path} is incomplete: {json_path.name} is missing")
     try:
@@ -187,6 +194,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     except json.JSONDecodeError as exc:
         raise ValueError(f"checkpoint metadata {json_path} is not valid JSON ({exc})") from exc
     tensors, _ = read_weights(path)
+    if "format" not in meta and "torch_rng" in meta:  # the refiner's earlier layout
+        renamed = {"net.": "model.", "opt.": "optim."}
+        tensors = {renamed.get(k[:4], k[:4]) + k[4:]: v for k, v in tensors.items()}
+        tensors["rng.torch"] = torch.tensor(meta.pop("torch_rng"), dtype=torch.uint8)
     model_state = {k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")}
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     state: dict[int, dict] = {}

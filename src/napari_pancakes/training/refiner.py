@@ -40,6 +40,7 @@ from scipy import ndimage as ndi
 
 from ..preprocess import normalize_intensity, resize_image
 from ..refine.network import MASK_LOGIT, RefinerConfig, RefinerNet, encode_input, with_box_channel
+from .. import io_weights
 from ..io_weights import save_weights
 from ..refine.predictor import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT, load_refiner
 from .augment import modality_augment
@@ -742,39 +743,22 @@ def paired_difference(scores: list[float], baseline: list[float]) -> dict:
 
 # --- checkpoints ------------------------------------------------------------------------------
 def save_checkpoint(out: Path, net, opt, state: dict):
-    """checkpoint.safetensors (model + optimiser tensors) and checkpoint.json (the rest)."""
-    from safetensors.torch import save_file
-
-    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    osd = opt.state_dict()
-    for i, s in osd["state"].items():
-        for k, v in s.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{i}.{k}"] = v.detach().cpu().reshape(v.shape).contiguous().clone()
-    tmp = out / "checkpoint.tmp.safetensors"
-    save_file(tensors, str(tmp), metadata={"config": json.dumps(net.config.to_dict())})
-    meta = dict(state, torch_rng=torch.get_rng_state().tolist(), param_groups=osd["param_groups"])
-    (out / "checkpoint.tmp.json").write_text(json.dumps(meta))
-    tmp.replace(out / "checkpoint.safetensors")
-    (out / "checkpoint.tmp.json").replace(out / "checkpoint.json")
+    """``out/checkpoint.safetensors`` + ``out/checkpoint.json``, written by the package's one checkpoint
+    writer (:func:`..io_weights.save_checkpoint`), with the torch RNG state."""
+    io_weights.save_checkpoint(out / "checkpoint.safetensors", net, opt, state, {"torch": torch.get_rng_state()},
+                               json_path=out / "checkpoint.json")
 
 
 def load_checkpoint(out: Path, net, opt) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as fh:
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    state = json.loads((out / "checkpoint.json").read_text())
-    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    sd = opt.state_dict()
-    sd["param_groups"] = state.pop("param_groups")
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, i, k = key.split(".", 2)
-            sd["state"].setdefault(int(i), {})[k] = v
-    opt.load_state_dict(sd)
-    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
-    return state
+    """Restore ``net``, ``opt`` and the torch RNG from ``out``; returns the run state (step, elapsed, log, ...)."""
+    model_state, opt_state, rng, meta = io_weights.load_checkpoint(out / "checkpoint.safetensors",
+                                                                   json_path=out / "checkpoint.json")
+    net.load_state_dict(model_state)
+    opt.load_state_dict(opt_state)
+    torch.set_rng_state(rng["torch"])
+    for key in ("config", "param_groups", "optim_scalars", "format"):  # the writer's own fields, not run state
+        meta.pop(key, None)
+    return meta
 
 
 def _deadline_seconds(until: str) -> float:

@@ -371,10 +371,10 @@ def locality(root, max_images: int | None, cache: Path, weights, pancakes_weight
                     (y, x), positive = click
                     answer = None
                     if not positive:  # the same click without locality, then undone
-                        session.local_negative = False
+                        was, session.local_negative = session.local_negative, False
                         answer = session.add_click(y, x, positive)
                         session.undo()
-                        session.local_negative = True
+                        session.local_negative = was
                     session.add_click(y, x, positive)
                     if kept is not None:
                         gone = kept & ~session.mask

@@ -139,12 +139,11 @@ def run(args) -> dict:
     from napari_pancakes.training.refiner import simulate_box
     from napari_pancakes.training.simulate import simulate_session
 
-    import napari_pancakes.refine.session as session_module
-
     torch.set_num_threads(1)
     if args.hybrid_decay is not None:
+        import napari_pancakes.refine.session as session_module
+
         session_module.HYBRID_DECAY = args.hybrid_decay
-    session_module.BOX_POLARITY = args.box_polarity
     from napari_pancakes import load_model
     from napari_pancakes.training.datasets import saw_leave_out
 
@@ -164,7 +163,6 @@ def run(args) -> dict:
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
            "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay,
-           "box_polarity": args.box_polarity,
            "pancakes_weights": str(args.pancakes_weights or "bundled"),
            "pancakes_weights_steps": str(pancakes.metadata.get("steps", "?")),
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "sets": {}}
@@ -487,8 +485,6 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")
-    ap.add_argument("--box-polarity", action="store_true",
-                    help="session.BOX_POLARITY: a box alone also reads the inverted image (refine-box-polarity/RULE.md)")
     ap.add_argument("--invert", action="store_true",
                     help="invert every image's intensities (1 - x): is the model robust to a modality's polarity?")
     ap.add_argument("--ceiling", action="store_true", help="only the reachable-Dice table (no model), refine-ceiling.*")

@@ -45,7 +45,6 @@ IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
-BOX_POLARITY = False  # a box alone: also read the inverted image, keep the answer that fills the box best
 
 
 @dataclass(frozen=True)
@@ -125,18 +124,6 @@ def localise(previous: np.ndarray, new: np.ndarray, footprint: np.ndarray, radiu
     sel = np.isin(comp, keep)
     out[sel] = new[sel]
     return out
-
-
-def box_fill(mask: np.ndarray, box) -> float:
-    """IoU of ``mask``'s bounding box with ``box`` (y0, x0, y1, x1): an object drawn around touches all four sides."""
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
-        return 0.0
-    y0, x0, y1, x1 = box
-    my0, mx0, my1, mx1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
-    inter = max(0.0, min(y1, my1) - max(y0, my0)) * max(0.0, min(x1, mx1) - max(x0, mx0))
-    union = (y1 - y0) * (x1 - x0) + (my1 - my0) * (mx1 - mx0) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _within(footprint: np.ndarray, radius: float) -> np.ndarray:
@@ -345,10 +332,6 @@ class RefineSession:
         logits = r.predict_work(self._work, pw, nw, self.state.logits, box_w,
                                 smaps[0].astype(np.float32) if smaps[0].any() else None,
                                 smaps[1].astype(np.float32) if smaps[1].any() else None)
-        if BOX_POLARITY and box_w is not None and not (clicks or scribbles) and self.state.logits is None:
-            inverse = r.predict_work(1 - self._work, pw, nw, None, box_w)
-            if box_fill(inverse > 0, box_w) > box_fill(logits > 0, box_w):
-                logits = inverse
         shown = logits
         if self.method == "hybrid" and HYBRID_GRID == "image" and (clicks or scribbles or box is not None):
             mask = self._hybrid_on_image_grid(logits, p, n, box, scribbles)

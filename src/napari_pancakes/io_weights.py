@@ -134,6 +134,15 @@ def average_refiner_files(paths, out: str | Path) -> Path:
     return save_weights(nets[0], out, extra=extra, fmt=REFINER_FORMAT)
 
 
+CHECKPOINT_FIELDS = ("config", "param_groups", "optim_scalars", "format")  # the writer's own JSON fields
+
+
+def checkpoint_run_state(meta: dict) -> dict:
+    """The caller's ``state`` from a checkpoint's JSON (:func:`load_checkpoint`'s ``meta``), without the
+    writer's own fields, ready to be saved again."""
+    return {k: v for k, v in meta.items() if k not in CHECKPOINT_FIELDS}
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict, rng_tensors: dict[str, torch.Tensor] | None = None,
                     json_path: str | Path | None = None) -> Path:
@@ -165,7 +174,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     for name, value in (rng_tensors or {}).items():
         tensors[f"rng.{name}"] = value.detach().cpu().contiguous()
     meta = {"config": model.config.to_dict(), "param_groups": opt["param_groups"], "optim_scalars": scalars,
-            "format": "napari-pancakes-checkpoint/1", **state}
+            "format": "napari-pancakes-checkpoint/1", **state}  # the first four: CHECKPOINT_FIELDS
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(path)

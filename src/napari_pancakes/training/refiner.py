@@ -756,9 +756,7 @@ def load_checkpoint(out: Path, net, opt) -> dict:
     net.load_state_dict(model_state)
     opt.load_state_dict(opt_state)
     torch.set_rng_state(rng["torch"])
-    for key in ("config", "param_groups", "optim_scalars", "format"):  # the writer's own fields, not run state
-        meta.pop(key, None)
-    return meta
+    return io_weights.checkpoint_run_state(meta)
 
 
 def _deadline_seconds(until: str) -> float:

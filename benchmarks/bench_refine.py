@@ -131,6 +131,21 @@ def compare_markdown(res: dict) -> str:
     return md
 
 
+def session_settings(pairs) -> dict:
+    """``NAME=VALUE`` pairs -> {NAME: value} for module switches of ``refine.session`` (an experiment's
+    variant, e.g. ``SPREAD_ALIKE=1``); the value takes the type of the switch's default."""
+    import napari_pancakes.refine.session as session_module
+
+    out = {}
+    for pair in pairs or []:
+        name, _, value = pair.partition("=")
+        if not name.isupper() or not hasattr(session_module, name):
+            raise SystemExit(f"--session {pair}: refine.session has no switch {name!r}")
+        kind = type(getattr(session_module, name))
+        out[name] = bool(int(value)) if kind is bool else kind(value)
+    return out
+
+
 def run(args) -> dict:
     import torch
 
@@ -140,10 +155,12 @@ def run(args) -> dict:
     from napari_pancakes.training.simulate import simulate_session
 
     torch.set_num_threads(1)
-    if args.hybrid_decay is not None:
-        import napari_pancakes.refine.session as session_module
+    import napari_pancakes.refine.session as session_module
 
+    if args.hybrid_decay is not None:
         session_module.HYBRID_DECAY = args.hybrid_decay
+    for name, value in session_settings(args.session).items():
+        setattr(session_module, name, value)
     from napari_pancakes import load_model
     from napari_pancakes.training.datasets import saw_leave_out
 
@@ -162,7 +179,7 @@ def run(args) -> dict:
     res = {"inverted": args.invert, "weights": str(args.weights or "bundled refiner_default.safetensors"),
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
-           "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay,
+           "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay, "session": session_settings(args.session),
            "pancakes_weights": str(args.pancakes_weights or "bundled"),
            "pancakes_weights_steps": str(pancakes.metadata.get("steps", "?")),
            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "sets": {}}
@@ -485,6 +502,8 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")
+    ap.add_argument("--session", nargs="+", default=None, metavar="NAME=VALUE",
+                    help="set refine.session switches for this run (an experiment's variant), e.g. SPREAD_ALIKE=1")
     ap.add_argument("--invert", action="store_true",
                     help="invert every image's intensities (1 - x): is the model robust to a modality's polarity?")
     ap.add_argument("--ceiling", action="store_true", help="only the reachable-Dice table (no model), refine-ceiling.*")

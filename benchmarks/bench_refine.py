@@ -133,7 +133,7 @@ def compare_markdown(res: dict) -> str:
 
 def session_settings(pairs) -> dict:
     """``NAME=VALUE`` pairs -> {NAME: value} for module switches of ``refine.session`` (an experiment's
-    variant, e.g. ``SPREAD_ALIKE=1``); the value takes the type of the switch's default."""
+    variant, e.g. ``LOCAL_RADIUS=0.2``); the value takes the type of the switch's default."""
     import napari_pancakes.refine.session as session_module
 
     out = {}
@@ -503,7 +503,7 @@ def main(argv=None):
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")
     ap.add_argument("--session", nargs="+", default=None, metavar="NAME=VALUE",
-                    help="set refine.session switches for this run (an experiment's variant), e.g. SPREAD_ALIKE=1")
+                    help="set refine.session switches for this run (an experiment's variant), e.g. LOCAL_RADIUS=0.2")
     ap.add_argument("--invert", action="store_true",
                     help="invert every image's intensities (1 - x): is the model robust to a modality's polarity?")
     ap.add_argument("--ceiling", action="store_true", help="only the reachable-Dice table (no model), refine-ceiling.*")

@@ -545,3 +545,15 @@ def test_locality_benchmark_sees_what_a_negative_click_kept(monkeypatch):
     monkeypatch.setattr(Refiner, "predict_work", wiping_predictor())
     row = bench.locality(None, 1, None, None, None, 3)["sets"]["discs"]["b_pancakes"]
     assert row["negative_clicks_that_kept"] == 1 and row["next_prompt_removed"] == 0
+
+
+def test_refine_benchmark_sets_session_switches_by_name():
+    """``bench_refine.py --session NAME=VALUE`` runs an experiment's variant without editing the
+    session's defaults; values take the switch's type, and a name the session lacks is refused
+    (a typo must not run the baseline under the variant's name)."""
+    bench = _bench_refine()
+    assert bench.session_settings(["LOCAL_RADIUS=0.2", "KEEP_DETAIL=0", "HYBRID_GRID=image"]) == {
+        "LOCAL_RADIUS": 0.2, "KEEP_DETAIL": False, "HYBRID_GRID": "image"}
+    assert bench.session_settings(None) == {}
+    with pytest.raises(SystemExit, match="no switch"):
+        bench.session_settings(["LOCAL_RADUIS=0.2"])

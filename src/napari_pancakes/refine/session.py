@@ -45,8 +45,6 @@ IMAGE_GRID_MAX_SIDE = 512  # "image": larger images are walked on a grid of this
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
-SPREAD_ALIKE = False  # positive clicks on two or more separate parts: add the parts that look like them
-ALIKE_AREA = (0.3, 3.0)  # ... whose area lies within these factors of the clicked parts' smallest / largest
 
 
 @dataclass(frozen=True)
@@ -141,60 +139,6 @@ def _within(footprint: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
-def alike_features(image: np.ndarray) -> np.ndarray:
-    """(H, W, F) per-pixel appearance: each channel normalised, as is and smoothed (sigma 1 and 2)."""
-    chans = [image] if image.ndim == 2 else [image[..., c] for c in range(min(image.shape[-1], 3))]
-    feats = []
-    for c in chans:
-        c = normalize_intensity(np.asarray(c, np.float32))
-        feats += [c, ndi.gaussian_filter(c, 1.0), ndi.gaussian_filter(c, 2.0)]
-    return np.stack(feats, -1).astype(np.float32)
-
-
-def _gaussian_loglik(x: np.ndarray, sample: np.ndarray) -> np.ndarray:
-    """Log-likelihood of rows of ``x`` under a Gaussian fitted to ``sample`` (ridge 1e-3)."""
-    mu = sample.mean(0)
-    cov = np.cov(sample, rowvar=False) + 1e-3 * np.eye(sample.shape[1])
-    inv = np.linalg.inv(cov)
-    d = x - mu
-    return -0.5 * (np.einsum("ij,jk,ik->i", d, inv, d) + np.linalg.slogdet(cov)[1])
-
-
-def spread_to_alike(features: np.ndarray, mask: np.ndarray, positive, negative) -> np.ndarray:
-    """``mask`` plus the separate parts that look like the clicked ones.
-
-    Why: when the target is every nucleus or cell of an image, clicking each one never ends.
-    Once positive clicks sit on two or more separate parts of the answer, the user has shown
-    that the target has many parts; a two-class Gaussian on appearance (the clicked parts
-    against a ring of background around them and the negative clicks) finds the others. A
-    found part is added only if it is apart from the mask, its area lies within ``ALIKE_AREA``
-    of the clicked parts', and no negative click lies on or next to it.
-    """
-    lab, _ = ndi.label(mask, structure=np.ones((3, 3)))
-    h, w = mask.shape
-    pts = lambda ps: [(min(h - 1, max(0, int(round(y)))), min(w - 1, max(0, int(round(x))))) for y, x in ps]  # noqa: E731
-    clicked = sorted({int(lab[p]) for p in pts(positive)} - {0})
-    if len(clicked) < 2:
-        return mask
-    parts = np.isin(lab, clicked)
-    neg = seed_disks(negative, mask.shape, 2.0) if len(negative) else np.zeros_like(mask)
-    ring = ndi.binary_dilation(parts, iterations=4) & ~ndi.binary_dilation(mask, iterations=1)
-    background = (ring | neg) & ~mask
-    if parts.sum() < 8 or background.sum() < 8:
-        return mask
-    x = features.reshape(-1, features.shape[-1]).astype(np.float64)
-    llr = (_gaussian_loglik(x, x[parts.ravel()]) - _gaussian_loglik(x, x[background.ravel()])).reshape(mask.shape)
-    found, n = ndi.label((llr > 0) & ~ndi.binary_dilation(mask), structure=np.ones((3, 3)))
-    if not n:
-        return mask
-    areas = np.bincount(lab.ravel())[clicked]
-    lo, hi = ALIKE_AREA[0] * areas.min(), ALIKE_AREA[1] * areas.max()
-    size = np.bincount(found.ravel())
-    banned = np.unique(found[ndi.binary_dilation(neg, iterations=2)]) if neg.any() else []
-    keep = [i for i in range(1, n + 1) if lo <= size[i] <= hi and i not in banned]
-    return mask | np.isin(found, keep)
-
-
 class RefineSession:
     """Refine one mask by prompts; each step feeds the previous logits back to the model.
 
@@ -221,7 +165,6 @@ class RefineSession:
         self.shape = self.image.shape
         self._work = refiner.prepare(self.image) if refiner is not None else None
         self._norm = None  # full-resolution normalised image (the walkers on the image grid; see _full_norm)
-        self._alike = None  # appearance features for SPREAD_ALIKE (see _alike_features)
         if initial_mask is not None:
             initial_mask = np.asarray(initial_mask)
             if initial_mask.shape != self.shape:
@@ -402,8 +345,6 @@ class RefineSession:
             prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=lam, beta=HYBRID_BETA)
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
-        if SPREAD_ALIKE and len(p) >= 2:
-            mask = spread_to_alike(self._alike_features(), honour_clicks(mask, clicks), p, n)
         return honour_clicks(keep_unchanged(self.state.mask, mask, res), clicks), logits
 
     def _hybrid_on_image_grid(self, logits, p, n, box, scribbles) -> np.ndarray:
@@ -418,12 +359,6 @@ class RefineSession:
         prior = 1 / (1 + np.exp(-self.refiner.upsample(logits, grid)))
         prob = random_walk(norm, fg, bg, prior=prior, lam=lam, beta=HYBRID_BETA)
         return (prob if grid == self.shape else resize_image(prob, self.shape)) > 0.5
-
-    def _alike_features(self) -> np.ndarray:
-        """:func:`alike_features` of the image (computed on first use)."""
-        if self._alike is None:
-            self._alike = alike_features(self.image)
-        return self._alike
 
     def _full_norm(self) -> np.ndarray:
         """The image normalised at its own resolution (computed on first use, for the walkers)."""

@@ -32,6 +32,10 @@ image as one label), clicks that each add an instance cannot reach high Dice in 
 (:func:`click_agreement`): does the network's answer already agree with every click the user has
 given? If it does, fine-tuning its last layer on the clicks at test time has nothing to fit.
 
+``--large`` writes only ``refine-large[-TAG].{json,md}`` (:func:`large_images`; no data needed):
+seconds per prompt (a click, a negative click far away, a box) and the peak of memory that
+Python allocations (numpy, scipy) took, on synthetic images of 256 to 3000 px a side.
+
 ``--locality`` writes only ``refine-locality[-TAG].{json,md}`` (:func:`locality`): after a negative
 click kept something far from it (the shown mask holds pixels its answer without locality dropped), how
 often does the next prompt remove them anyway?
@@ -46,6 +50,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -471,6 +476,64 @@ def size_fidelity(weights, methods, radii=SIZE_RADII, side: int = 256) -> dict:
     return out
 
 
+def large_images(weights, methods, sides=(256, 1024, 2048, 3000)) -> dict:
+    """Seconds per prompt and peak Python-allocated memory of a session on large images.
+
+    Why: a slide or a radiograph is thousands of pixels a side, while every quality benchmark
+    here is at 256 px; what a click costs there (and whether the walker's solve still ends) is
+    measured on a bright disc in noise, a click at its centre, a negative click in the far
+    corner, then a box around it (one session per method and size, after one warm-up prompt).
+    """
+    import tracemalloc
+
+    from napari_pancakes.refine import load_refiner
+    from napari_pancakes.refine.session import RefineSession
+
+    refiner = load_refiner(weights, device="cpu")
+    out = {"weights": str(weights or "bundled"), "methods": list(methods), "sides": list(sides),
+           "cpu": platform.machine(), "cpu_count": os.cpu_count(), "rows": []}
+    for side in sides:
+        rng = np.random.default_rng(side)
+        yy, xx = np.ogrid[:side, :side]
+        c, r = side / 2, side / 5
+        image = (0.6 * ((yy - c) ** 2 + (xx - c) ** 2 < r**2) + 0.2 * rng.random((side, side))).astype(np.float32)
+        truth = image > 0.5
+        for method in methods:
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            session = RefineSession(refiner if method != "classical" else None, image, method=method)
+            session.add_click(c, c)  # warm-up: first-use normalisation and caches
+            session.undo()
+            prepared = time.perf_counter() - t0
+            times = {}
+            for name, act in (("click", lambda: session.add_click(c, c)),
+                              ("negative click", lambda: session.add_click(side / 20, side / 20, positive=False)),
+                              ("box", lambda: session.set_box((c - 1.1 * r, c - 1.1 * r, c + 1.1 * r, c + 1.1 * r)))):
+                t0 = time.perf_counter()
+                act()
+                times[name] = round(time.perf_counter() - t0, 3)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            mask = session.mask
+            dice = 2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum())
+            out["rows"].append({"side": side, "method": method, "first_prompt_s": round(prepared, 3), **times,
+                                "peak_python_MiB": round(peak / 2**20, 1), "dice_after_box": round(float(dice), 3)})
+            print(out["rows"][-1], flush=True)
+    return out
+
+
+def large_markdown(res: dict) -> str:
+    md = ("# Click refinement on large images\n\n`bench_refine.py --large`; refiner weights: "
+          f"{res['weights']}; {res['cpu']}, {res['cpu_count']} cores, one torch thread. A bright disc in noise; "
+          "seconds per prompt (the first includes one-off normalisation), peak memory of Python allocations "
+          "(numpy/scipy; torch's own not counted), Dice after the box.\n\n"
+          "| side (px) | method | first prompt (s) | click (s) | negative click (s) | box (s) | peak (MiB) | Dice |\n"
+          "|---|---|---|---|---|---|---|---|\n")
+    md += "".join(f"| {r['side']} | {r['method']} | {r['first_prompt_s']} | {r['click']} | {r['negative click']} | "
+                  f"{r['box']} | {r['peak_python_MiB']} | {r['dice_after_box']} |\n" for r in res["rows"])
+    return md
+
+
 def sizes_markdown(res: dict) -> str:
     radii = res["radii"]
     head = "| method | " + " | ".join(f"r={r}" for r in radii) + " |\n|---|" + "---|" * len(radii) + "\n"
@@ -518,6 +581,9 @@ def main(argv=None):
                     help="only whether the network's answer agrees with every click, refine-click-agreement[-TAG].*")
     ap.add_argument("--locality", action="store_true",
                     help="only whether a negative click stays local at the next prompt, refine-locality[-TAG].*")
+    ap.add_argument("--large", type=int, nargs="*", default=None, metavar="SIDE",
+                    help="only seconds per prompt and memory on large synthetic images (default sides 256 1024 2048 "
+                         "3000; no data needed), refine-large[-TAG].*")
     ap.add_argument("--sizes", action="store_true",
                     help="only the one-click size check on synthetic discs (no data needed), refine-sizes[-TAG].*")
     args = ap.parse_args(argv)
@@ -530,6 +596,10 @@ def main(argv=None):
     if args.compare:
         res = compare(*(json.loads(p.read_text()) for p in args.compare))
         write_results(args.out, tagged("refine-compare"), res, compare_markdown(res))
+        return 0
+    if args.large is not None:
+        res = large_images(args.weights, args.methods, tuple(args.large) or (256, 1024, 2048, 3000))
+        write_results(args.out, tagged("refine-large"), res, large_markdown(res))
         return 0
     if args.sizes:
         res = size_fidelity(args.weights, args.methods)

@@ -396,6 +396,30 @@ def test_hybrid_on_the_image_grid_follows_all_prompts(refiner, monkeypatch, max_
     assert dice(drawn, truth) > 0.7
 
 
+@pytest.mark.parametrize("max_side", [512, 64])  # 64: the walker's grid is smaller than the image
+def test_classical_walker_on_a_grid_for_large_images(monkeypatch, max_side):
+    """The classical walker runs on at most ``IMAGE_GRID_MAX_SIDE`` pixels a side (one solve over
+    a 3000 x 3000 image took minutes); clicks, a box and a starting mask still land where given."""
+    import napari_pancakes.refine.session as session_module
+
+    monkeypatch.setattr(session_module, "IMAGE_GRID_MAX_SIDE", max_side)
+    walked = []
+    walk = session_module.random_walk
+    monkeypatch.setattr(session_module, "random_walk", lambda image, *a, **k: walked.append(image.shape) or walk(image, *a, **k))
+    img, truth = disk_image(h=96, w=160, cy=48, cx=56, r=20)
+    s = RefineSession(None, img, method="classical")
+    clicked = s.add_click(48, 56)
+    assert clicked.shape == truth.shape and dice(clicked, truth) > 0.85, dice(clicked, truth)
+    fixed = s.add_click(90, 150, positive=False)
+    assert dice(fixed, truth) > 0.85 and not fixed[90, 150]
+    boxed = RefineSession(None, img, method="classical").set_box((26, 34, 70, 78))
+    assert dice(boxed, truth) > 0.85, dice(boxed, truth)
+    start = np.roll(truth, 4, axis=1)
+    from_start = RefineSession(None, img, initial_mask=start, method="classical").add_click(48, 56)
+    assert dice(from_start, truth) > 0.85, dice(from_start, truth)
+    assert set(walked) == {(96, 160) if max_side >= 160 else (38, 64)}
+
+
 @pytest.mark.parametrize("method", ["network", "hybrid"])
 def test_a_click_keeps_detail_finer_than_the_working_grid(refiner, method):
     """A chosen label of a large image keeps its fine detail where the click changed nothing:
@@ -412,6 +436,22 @@ def test_a_click_keeps_detail_finer_than_the_working_grid(refiner, method):
     after = s.add_click(380, 380)
     assert after[blob].mean() > 0.3  # the click added (much of) the blob
     assert np.array_equal(after[:260, :260], dots[:260, :260])  # the dots, far away, are untouched
+
+
+def test_mask_fraction_is_the_cell_mean_on_large_masks_and_the_resize_on_small_ones():
+    """Refinement's mask -> working grid step: the exact covered share of each cell beyond a 4x
+    reduction (fast on 3000 px masks), the anti-aliased resize as before up to it."""
+    from napari_pancakes.preprocess import mask_fraction, resize_image
+
+    rng = np.random.default_rng(0)
+    big = rng.random((1030, 777)) > 0.6
+    frac = mask_fraction(big, (128, 128))
+    ys, xs = np.arange(128) * 1030 // 128, np.arange(128) * 777 // 128
+    assert frac.shape == (128, 128) and frac.dtype == np.float32
+    assert np.isclose(frac[5, 7], big[ys[5]:ys[6], xs[7]:xs[8]].mean())
+    assert np.isclose(frac[-1, -1], big[ys[-1]:, xs[-1]:].mean())
+    small = rng.random((256, 200)) > 0.5
+    assert np.array_equal(mask_fraction(small, (128, 128)), resize_image(small.astype(np.float32), (128, 128)))
 
 
 def test_walker_with_a_prior_solves_iteratively_to_the_direct_answer(monkeypatch):
@@ -557,3 +597,15 @@ def test_refine_benchmark_sets_session_switches_by_name():
     assert bench.session_settings(None) == {}
     with pytest.raises(SystemExit, match="no switch"):
         bench.session_settings(["LOCAL_RADUIS=0.2"])
+
+
+def test_large_image_benchmark_times_every_prompt_and_segments_the_disc():
+    """``bench_refine.py --large``: one row per side and method, every prompt timed, and the
+    box's answer is the disc (a broken grid mapping would not be)."""
+    bench = _bench_refine()
+    res = bench.large_images(None, ["hybrid", "classical"], sides=(96, 160))
+    assert [(r["side"], r["method"]) for r in res["rows"]] == [(96, "hybrid"), (96, "classical"),
+                                                               (160, "hybrid"), (160, "classical")]
+    for row in res["rows"]:
+        assert all(row[k] > 0 for k in ("click", "negative click", "box")) and row["dice_after_box"] > 0.9
+    assert "| 160 | classical |" in bench.large_markdown(res)

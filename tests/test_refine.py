@@ -421,10 +421,11 @@ def test_classical_walker_on_a_grid_for_large_images(monkeypatch, max_side):
 
 
 @pytest.mark.parametrize("method", ["network", "hybrid"])
-def test_a_click_keeps_detail_finer_than_the_working_grid(refiner, method):
+@pytest.mark.parametrize("side", [512, 600])  # 600: beyond a 4x reduction, masks go to the grid by cell means
+def test_a_click_keeps_detail_finer_than_the_working_grid(refiner, method, side):
     """A chosen label of a large image keeps its fine detail where the click changed nothing:
     tiny dots (2 px, below the 128 px grid of a 512 px image) far from the click survive exactly."""
-    h = w = 512
+    h = w = side
     yy, xx = np.mgrid[0:h, 0:w]
     blob = (yy - 380) ** 2 + (xx - 380) ** 2 < 50**2
     dots = np.zeros((h, w), bool)

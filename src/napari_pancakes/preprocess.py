@@ -106,14 +106,14 @@ def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 def mask_fraction(mask: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Share of each cell of a ``size`` grid that ``mask`` (bool, 2D) covers, as float32.
 
-    At most a 4x reduction on a side this is :func:`resize_image` (what refinement always
+    Up to a 4x reduction on a side this is :func:`resize_image` (what refinement always
     did); beyond it, the exact mean over each cell's pixels. Why: on a 3000 x 3000 mask the
     anti-aliasing filter of the resize took 0.4 s per call, three calls per click; the
     cell mean takes milliseconds and is what the anti-aliasing approximates.
     """
     h, w = mask.shape
     gh, gw = int(size[0]), int(size[1])
-    if h < 4 * gh or w < 4 * gw:
+    if h <= 4 * gh or w <= 4 * gw:
         return resize_image(mask.astype(np.float32), (gh, gw))
     ys, xs = np.arange(gh) * h // gh, np.arange(gw) * w // gw
     sums = np.add.reduceat(np.add.reduceat(mask.astype(np.float32), ys, axis=0), xs, axis=1)

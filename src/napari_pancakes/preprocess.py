@@ -94,13 +94,18 @@ def normalize_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.5)
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Resample a 2D image to ``size`` with anti-aliasing when shrinking."""
+def resize_image(image: np.ndarray, size: Sequence[int], anti_aliasing: bool = True) -> np.ndarray:
+    """Resample a 2D image to ``size`` (bilinear), with anti-aliasing when shrinking unless told not to.
+
+    ``anti_aliasing=False`` keeps edges one pixel sharp, which the random walkers need: the
+    filter spread a disc's edge of a 2048 px image over pixels of the 512 px grid, and a click
+    inside it then filled a fifth of the disc (``bench_refine.py --large``).
+    """
     from skimage.transform import resize
 
     if tuple(image.shape) == tuple(size):
         return image.astype(np.float32)
-    return resize(image, size, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
+    return resize(image, size, order=1, anti_aliasing=anti_aliasing, preserve_range=True).astype(np.float32)
 
 
 def mask_fraction(mask: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -167,7 +167,7 @@ def run(args) -> dict:
     for name, value in session_settings(args.session).items():
         setattr(session_module, name, value)
     from napari_pancakes import load_model
-    from napari_pancakes.training.datasets import saw_leave_out
+    from napari_pancakes.training.datasets import read_colour_image, saw_leave_out
 
     refiner = load_refiner(args.weights, device="cpu")
     pancakes = load_model(args.pancakes_weights, device="cpu")
@@ -181,7 +181,7 @@ def run(args) -> dict:
     data = load_leave_out(data_root(args.data), args.max_images, args.cache)
     if args.invert:  # polarity robustness: the same targets with every image's intensities inverted
         data = {name: (1 - images, truths, idx) for name, (images, truths, idx) in data.items()}
-    res = {"inverted": args.invert, "weights": str(args.weights or "bundled refiner_default.safetensors"),
+    res = {"inverted": args.invert, "colour": args.colour, "weights": str(args.weights or "bundled refiner_default.safetensors"),
            "weights_meta": {k: v for k, v in refiner.metadata.items() if k not in ("config",)},
            "clicks": args.clicks, "methods": args.methods, "max_images": args.max_images,
            "reused": str(args.reuse) if args.reuse else None, "hybrid_decay": args.hybrid_decay, "session": session_settings(args.session),
@@ -191,12 +191,15 @@ def run(args) -> dict:
     reuse = json.loads(args.reuse.read_text()) if args.reuse else {"sets": {}}
     for name, (images, truths, idx) in data.items():
         starts, pair, set_dice = best_pancakes_labels(images, truths, pancakes)
+        if args.colour:  # the session gets an RGB dataset's colour, as from a user; Pancakes took intensity
+            images = [rgb if (rgb := read_colour_image(data_root(args.data), name, i, 256)) is not None else img
+                      for img, i in zip(images, idx)]
         entry = {"images": len(images), "image_indices": [int(i) for i in idx], "best_pair": pair,
                  "best_pair_set_dice": round(set_dice, 4)}
         old = reuse["sets"].get(name, {})
         for method in args.methods:
             same_starts = all(old.get(key) == entry[key] for key in ("image_indices", "best_pair", "best_pair_set_dice"))
-            if method in old and same_starts and reuse["clicks"] == args.clicks:
+            if method in old and same_starts and reuse["clicks"] == args.clicks and reuse.get("colour", False) == args.colour:
                 # refiner-independent (classical) curves from --reuse, when the Pancakes starts are the same too
                 entry[method] = old[method]
                 print(name, method, "reused from", args.reuse, flush=True)
@@ -567,6 +570,8 @@ def main(argv=None):
     ap.add_argument("--hybrid-decay", type=float, default=None, help="override the hybrid's prior decay per prompt")
     ap.add_argument("--session", nargs="+", default=None, metavar="NAME=VALUE",
                     help="set refine.session switches for this run (an experiment's variant), e.g. LOCAL_RADIUS=0.2")
+    ap.add_argument("--colour", action="store_true",
+                    help="give RGB datasets' images to the session as RGB (the reader keeps intensity only)")
     ap.add_argument("--invert", action="store_true",
                     help="invert every image's intensities (1 - x): is the model robust to a modality's polarity?")
     ap.add_argument("--ceiling", action="store_true", help="only the reachable-Dice table (no model), refine-ceiling.*")

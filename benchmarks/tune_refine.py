@@ -7,7 +7,7 @@ Pancakes label of each image as start (b). For each variant (``method[:lambda]``
 weight of a starting mask in the classical walker; ``hybrid:0.5:0.5`` also the prior's decay
 per click; a ``+local`` suffix makes single positive clicks local too,
 ``session.LOCAL_POSITIVE``; ``+image`` runs the hybrid's walker on the image's pixels,
-``session.HYBRID_GRID = "image"``; ``+nokeep`` turns ``session.KEEP_DETAIL`` off; ``+radius:0.2`` sets ``session.LOCAL_RADIUS``), the simulated user gives Dice after 0..10 clicks for (a)
+``session.HYBRID_GRID = "image"``; ``+nokeep`` turns ``session.KEEP_DETAIL`` off; ``+radius:0.2`` sets ``session.LOCAL_RADIUS``; ``+colour`` sets ``session.WALKER_COLOUR``), the simulated user gives Dice after 0..10 clicks for (a)
 nothing, (b) the Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_refine.py --data ../shared/data \\
@@ -26,9 +26,11 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def validation_items(root, per: int, cache: Path):
+def validation_items(root, per: int, cache: Path, colour: bool = False):
+    """(source, index, image, target, Pancakes start) per item; with ``colour`` an RGB source's
+    image is its (256, 256, 3) colour (``datasets.read_colour_image``), as a user would give it."""
     from napari_pancakes import load_model, segment_set
-    from napari_pancakes.training.datasets import LEAVE_OUT, folder_names, load_real_datasets
+    from napari_pancakes.training.datasets import LEAVE_OUT, folder_names, load_real_datasets, read_colour_image
     from napari_pancakes.training.refiner import pancakes_start
 
     names = [n for n in folder_names(root) if n not in LEAVE_OUT]
@@ -43,7 +45,8 @@ def validation_items(root, per: int, cache: Path):
         labs = segment_set(imgs, 8, 20, model=model)
         for s, i in enumerate(val):
             t = ds.labels[i] == 1
-            items.append((name, int(i), imgs[s], t, pancakes_start(labs[:, s], t, None)))
+            rgb = read_colour_image(root, name, i, 256) if colour else None
+            items.append((name, int(i), imgs[s] if rgb is None else rgb, t, pancakes_start(labs[:, s], t, None)))
     return items
 
 
@@ -66,16 +69,19 @@ def main(argv=None):
     ap.add_argument("--tag", default="dev")
     ap.add_argument("--modes", nargs="+", default=["a_nothing", "b_pancakes", "c_box"],
                     help="starts to run (mean_all only when all three run)")
+    ap.add_argument("--colour", action="store_true",
+                    help="give RGB sources' images to the session as RGB (the reader keeps intensity only)")
     args = ap.parse_args(argv)
     root = data_root(args.data)
     if root is None or not root.is_dir():
         print("skip: no data root", file=sys.stderr)
         return 0
     torch.set_num_threads(1)
-    items = validation_items(root, args.per_source, args.cache)
+    items = validation_items(root, args.per_source, args.cache, colour=args.colour)
     ref = load_refiner(args.weights, device="cpu")
     out = {"weights": str(args.weights or "bundled"), "weights_meta": {k: v for k, v in ref.metadata.items() if k != "config"},
-           "items": [(n, i) for n, i, *_ in items], "clicks": args.clicks, "variants": {}}
+           "items": [(n, i) for n, i, *_ in items], "clicks": args.clicks, "colour": args.colour,
+           "rgb_items": sum(img.ndim == 3 for _, _, img, *_ in items), "variants": {}}
     defaults = (session_module.HYBRID_LAMBDA, session_module.HYBRID_DECAY, session_module.CLASSICAL_PRIOR_LAMBDA,
                 session_module.LOCAL_RADIUS)
     for v_name in args.variants:
@@ -85,6 +91,7 @@ def main(argv=None):
         session_module.LOCAL_POSITIVE = "local" in flags
         session_module.HYBRID_GRID = "image" if "image" in flags else "work"
         session_module.KEEP_DETAIL = "nokeep" not in flags
+        session_module.WALKER_COLOUR = "colour" in flags
         for f in flags:
             if f.startswith("radius:"):
                 session_module.LOCAL_RADIUS = float(f.partition(":")[2])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..preprocess import prepare_image, to_image_list
+from ..preprocess import prepare_image, resize_image, to_image_list
 from .augment import augment_set
 from .synthetic import synthetic_set
 
@@ -161,6 +161,25 @@ def _read_folder(folder: Path, res: int) -> tuple[np.ndarray, np.ndarray]:
         images.append(prepare_image(image, res))
         labels.append(resize(mask, (res, res), order=0, preserve_range=True, anti_aliasing=False).astype(np.uint8))
     return np.stack(images), np.stack(labels)
+
+
+def read_colour_image(root: Path, name: str, index: int, res: int) -> np.ndarray | None:
+    """Image ``index`` of dataset folder ``name`` as (res, res, 3) float32 R, G, B (not normalised),
+    resized as :func:`_read_folder` resizes its intensity; None when the file is grey.
+
+    Why: the reader keeps one intensity channel per image (what Pancakes and the refiner's
+    network take), so a benchmark of anything that uses colour must read the colour itself.
+    """
+    from skimage.io import imread
+
+    path = sorted((Path(root) / name / "images").glob("*.png"))[index]
+    arr = np.asarray(imread(path))
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        return None
+    rgb = arr[..., :3].astype(np.float32)
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        return None
+    return np.stack([resize_image(rgb[..., c], (res, res)) for c in range(3)], -1)
 
 
 def _mni_volumes(n_parcels: int, seed: int = 0):

@@ -7,7 +7,7 @@ Pancakes label of each image as start (b). For each variant (``method[:lambda]``
 weight of a starting mask in the classical walker; ``hybrid:0.5:0.5`` also the prior's decay
 per click; a ``+local`` suffix makes single positive clicks local too,
 ``session.LOCAL_POSITIVE``; ``+image`` runs the hybrid's walker on the image's pixels,
-``session.HYBRID_GRID = "image"``; ``+nokeep`` turns ``session.KEEP_DETAIL`` off; ``+radius:0.2`` sets ``session.LOCAL_RADIUS``; ``+colour`` sets ``session.WALKER_COLOUR``), the simulated user gives Dice after 0..10 clicks for (a)
+``session.HYBRID_GRID = "image"``; ``+nokeep`` turns ``session.KEEP_DETAIL`` off; ``+radius:0.2`` sets ``session.LOCAL_RADIUS``), the simulated user gives Dice after 0..10 clicks for (a)
 nothing, (b) the Pancakes label, (c) a box. Writes ``benchmarks/results/refine-tune-<tag>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_refine.py --data ../shared/data \\
@@ -91,7 +91,6 @@ def main(argv=None):
         session_module.LOCAL_POSITIVE = "local" in flags
         session_module.HYBRID_GRID = "image" if "image" in flags else "work"
         session_module.KEEP_DETAIL = "nokeep" not in flags
-        session_module.WALKER_COLOUR = "colour" in flags
         for f in flags:
             if f.startswith("radius:"):
                 session_module.LOCAL_RADIUS = float(f.partition(":")[2])

@@ -766,3 +766,23 @@ def test_refiner_checkpoints_from_the_earlier_layout_still_resume(tmp_path):
     save_checkpoint(tmp_path, fresh, fresh_opt, state)
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["it"] == 7 and "torch_rng" not in meta and meta["format"].startswith("napari-pancakes-checkpoint")
+
+
+def test_read_colour_image_gives_rgb_files_as_rgb_and_grey_ones_as_none(tmp_path):
+    """The reader keeps intensity only; benchmarks that give the session a user's RGB image read
+    it with ``read_colour_image``, by the same sorted index, resized like the intensity."""
+    from skimage.io import imsave
+
+    from napari_pancakes.training.datasets import read_colour_image
+
+    folder = tmp_path / "set" / "images"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
+    imsave(folder / "000.png", rgb, check_contrast=False)
+    imsave(folder / "001.png", np.repeat(rgb[..., :1], 3, -1), check_contrast=False)  # grey stored as RGB
+    imsave(folder / "002.png", rgb[..., 0], check_contrast=False)
+    out = read_colour_image(tmp_path, "set", 0, 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    assert abs(out[..., 2].mean() - rgb[..., 2].mean()) < 3  # channels kept in order, values not rescaled
+    assert read_colour_image(tmp_path, "set", 1, 32) is None and read_colour_image(tmp_path, "set", 2, 32) is None

@@ -46,7 +46,6 @@ IMAGE_GRID_MAX_SIDE = 512  # walkers on the image's pixels ("image", classical):
 LOCAL_RADIUS = 0.1  # a negative click's neighbourhood, as a fraction of the longer image side
 LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
-WALKER_COLOUR = False  # the hybrid's walker on an RGB image weighs edges by colour (see walker_colour)
 
 
 @dataclass(frozen=True)
@@ -90,16 +89,6 @@ def _seed_masks(p, n, scribbles, box, shape, to=lambda pts: pts):
 def _hybrid_lambda(n_prompts: int) -> float:
     """Weight of the network prior in the hybrid walker after ``n_prompts`` clicks and scribbles."""
     return max(HYBRID_LAMBDA * HYBRID_DECAY**n_prompts, HYBRID_LAMBDA_MIN)
-
-
-def walker_colour(image, size) -> np.ndarray | None:
-    """An RGB(A) image's three channels, normalised together like the intensity, on a ``size`` grid
-    as (H, W, 3) for the walker's colour edges; None for a grey image."""
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        return None
-    rgb = normalize_intensity(arr[..., :3].astype(np.float32))
-    return np.stack([resize_image(rgb[..., c], size) for c in range(3)], -1).astype(np.float64)
 
 
 def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarray:
@@ -180,9 +169,6 @@ class RefineSession:
         self.image = _check_image(image)
         self.shape = self.image.shape
         self._work = refiner.prepare(self.image) if refiner is not None else None
-        # the hybrid walker's image: colour channels when WALKER_COLOUR and the image is RGB
-        colour = walker_colour(image, self._work.shape) if WALKER_COLOUR and self._work is not None else None
-        self._walk_work = self._work if colour is None else colour
         self._norm = None  # full-resolution normalised image (the walkers on the image grid; see _full_norm)
         self._grid_norm = None  # ... on the walkers' grid (see _image_grid)
         if initial_mask is not None:
@@ -362,7 +348,7 @@ class RefineSession:
             if box_w is not None:
                 bg |= box_outside(box_w, (res, res))
             lam = _hybrid_lambda(len(clicks) + len(scribbles))
-            prob = random_walk(self._walk_work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=lam, beta=HYBRID_BETA)
+            prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=lam, beta=HYBRID_BETA)
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
         return honour_clicks(keep_unchanged(self.state.mask, mask, res), clicks), logits

@@ -28,15 +28,11 @@ CG_MIN_LAMBDA = 0.01  # below this prior weight the direct solve is used
 
 
 def _edges(image: np.ndarray, beta: float):
-    h, w = image.shape[:2]
+    h, w = image.shape
     idx = np.arange(h * w).reshape(h, w)
     dv = (image[1:] - image[:-1]) ** 2
     dh = (image[:, 1:] - image[:, :-1]) ** 2
-    if image.ndim == 3:  # channels: the mean squared difference; for equal channels the grey weight
-        dv, dh = dv.mean(-1), dh.mean(-1)
-        scale = 10 * max(float(np.sqrt(image.reshape(-1, image.shape[-1]).var(0).mean())), 1e-8)
-    else:
-        scale = 10 * max(float(image.std()), 1e-8)
+    scale = 10 * max(float(image.std()), 1e-8)
     i = np.concatenate([idx[1:].ravel(), idx[:, 1:].ravel()])
     j = np.concatenate([idx[:-1].ravel(), idx[:, :-1].ravel()])
     wt = np.exp(-beta * np.concatenate([dv.ravel(), dh.ravel()]) / scale) + 1e-6
@@ -57,14 +53,13 @@ def seed_disks(points, shape, radius: float) -> np.ndarray:
 
 def random_walk(image: np.ndarray, fg: np.ndarray, bg: np.ndarray, prior: np.ndarray | None = None,
                 lam: float = 0.0, beta: float = 130.0) -> np.ndarray:
-    """Probability of foreground per pixel (float32, the image's (H, W)).
+    """Probability of foreground per pixel (float32, image shape).
 
-    ``image``: 2D float (normalised), or (H, W, C) channels normalised together (colour edges);
-    ``fg``/``bg``: bool seed masks (bg wins where both);
+    ``image``: 2D float (normalised); ``fg``/``bg``: bool seed masks (bg wins where both);
     ``prior``: foreground probabilities or None; ``lam``: weight of the prior term.
     Without seeds and prior the answer is the prior (or all 0).
     """
-    h, w = image.shape[:2]
+    h, w = image.shape
     n = h * w
     fg = fg & ~bg
     seeded = (fg | bg).ravel()

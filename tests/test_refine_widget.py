@@ -174,6 +174,29 @@ def test_slow_model_runs_in_worker_and_queues_clicks(setup, qtbot, monkeypatch):
     assert w.accept()
 
 
+@pytest.mark.parametrize("case", ["large image", "classical"])
+def test_large_images_and_the_walker_go_to_the_worker_without_a_timing_prompt(setup, qtbot, monkeypatch, case):
+    """The timing prompt runs in the viewer's thread, so it is skipped where a prompt is known to
+    be slow (seconds on a large image, or the classical walker): those go to the worker at once."""
+    import napari_pancakes.napari.refine_widget as rw
+    from napari_pancakes.refine.session import RefineSession
+
+    viewer, w, lab, labels0, disk = setup
+    if case == "large image":
+        monkeypatch.setattr(rw, "PROBE_MAX_PIXELS", 64 * 64 - 1)  # the 64 x 72 slices count as large
+    else:
+        w.method_combo.setCurrentText("classical")
+    prompts = []
+    add = RefineSession.add_clicks
+    monkeypatch.setattr(RefineSession, "add_clicks", lambda self, *a, **k: prompts.append(1) or add(self, *a, **k))
+    assert w.start(), w.last_message
+    assert w.use_thread and w.call_seconds is None and not prompts
+    w.click_world(_world(lab, 1, 32, 44), positive=True)
+    _wait(qtbot, w)
+    qtbot.waitUntil(lambda: w.worker is None and len(w.session.clicks) == 1, timeout=WAIT_MS)
+    w.cancel()
+
+
 def test_set_target_preselects_layers_label_and_slice(setup):
     viewer, w, lab, labels0, disk = setup
     other = viewer.add_labels(labels0.copy(), name="other", scale=lab.scale, translate=lab.translate)

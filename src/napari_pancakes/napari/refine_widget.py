@@ -24,6 +24,8 @@ PREVIEW_NAME = "refine preview"
 POINTS_NAME = "refine clicks"
 SHAPES_NAME = "refine prompts"
 THREAD_ABOVE_S = 0.04  # prompts slower than this (measured at start) go to a thread worker
+PROBE_MAX_PIXELS = 512 * 512  # larger images, and the classical walker, go to the worker unmeasured:
+# the timing prompt runs in the viewer's thread (3-4 s for the walker at 1024-3000 px, refine-large.md)
 POS_COLOR, NEG_COLOR = "lime", "red"
 NEGATIVE_KEY = "x"  # 'n' is "next protocol" in the explorer: one meaning per key
 PROMPT_MODES = ("click", "box", "scribble")
@@ -224,15 +226,17 @@ class RefineWidget(QWidget):
         try:
             refiner = self.refiner if method != "classical" else None
             self.session = RefineSession(refiner, img2d, initial_mask=initial if initial.any() else None, method=method)
-            probe = RefineSession(refiner, img2d, method=method)  # warm-up + timing of one prompt
-            h, w = probe.shape
-            t0 = time.perf_counter()
-            probe.add_click((h - 1) / 2, (w - 1) / 2, True)
-            self.call_seconds = time.perf_counter() - t0
+            h, w = self.session.shape
+            self.call_seconds = None  # unmeasured: the worker
+            if method != "classical" and h * w <= PROBE_MAX_PIXELS:
+                probe = RefineSession(refiner, img2d, method=method)  # warm-up + timing of one prompt
+                t0 = time.perf_counter()
+                probe.add_click((h - 1) / 2, (w - 1) / 2, True)
+                self.call_seconds = time.perf_counter() - t0
         except (ValueError, FileNotFoundError) as exc:
             self.session = None
             return self._say(f"cannot refine: {exc}", False)
-        self.use_thread = self.call_seconds > THREAD_ABOVE_S
+        self.use_thread = self.call_seconds is None or self.call_seconds > THREAD_ABOVE_S
         self._target = (image, labels, s, label_id)
         self._add_temp_layers(labels, s)
         self._old_key_binding = self.viewer.bind_key(NEGATIVE_KEY, self._toggle_negative, overwrite=True)

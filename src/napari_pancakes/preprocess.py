@@ -97,32 +97,31 @@ def normalize_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.5)
 def resize_image(image: np.ndarray, size: Sequence[int], anti_aliasing: bool = True) -> np.ndarray:
     """Resample a 2D image to ``size`` (bilinear), with anti-aliasing when shrinking unless told not to.
 
-    ``anti_aliasing=False`` keeps edges one pixel sharp, which the random walkers need: the
-    filter spread a disc's edge of a 2048 px image over pixels of the 512 px grid, and a click
-    inside it then filled a fifth of the disc (``bench_refine.py --large``).
+    Beyond a 4x reduction on both sides, anti-aliasing is the exact mean over each output cell's
+    pixels (:func:`cell_mean`): the Gaussian filter took 1.3 s for a 2048 px image and 3.2 s for
+    4096 px (to 128 px, one core), more than the U-Net's whole set, while the cell mean is what
+    it approximates. ``anti_aliasing=False`` keeps edges one pixel sharp, which the random walkers
+    need: the filter spread a disc's edge of a 2048 px image over pixels of the 512 px grid, and a
+    click inside it then filled a fifth of the disc (``bench_refine.py --large``).
     """
     from skimage.transform import resize
 
     if tuple(image.shape) == tuple(size):
         return image.astype(np.float32)
+    if anti_aliasing and image.shape[0] > 4 * size[0] and image.shape[1] > 4 * size[1]:
+        return cell_mean(image, size)
     return resize(image, size, order=1, anti_aliasing=anti_aliasing, preserve_range=True).astype(np.float32)
 
 
-def mask_fraction(mask: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Share of each cell of a ``size`` grid that ``mask`` (bool, 2D) covers, as float32.
-
-    Up to a 4x reduction on a side this is :func:`resize_image` (what refinement always
-    did); beyond it, the exact mean over each cell's pixels. Why: on a 3000 x 3000 mask the
-    anti-aliasing filter of the resize took 0.4 s per call, three calls per click; the
-    cell mean takes milliseconds and is what the anti-aliasing approximates.
-    """
-    h, w = mask.shape
+def cell_mean(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Mean of a 2D ``image`` over each cell of a ``size`` grid that splits its rows and columns as
+    evenly as whole pixels allow (float32); a shrink, so ``size`` <= the shape."""
+    h, w = image.shape
     gh, gw = int(size[0]), int(size[1])
-    if h <= 4 * gh or w <= 4 * gw:
-        return resize_image(mask.astype(np.float32), (gh, gw))
     ys, xs = np.arange(gh) * h // gh, np.arange(gw) * w // gw
-    sums = np.add.reduceat(np.add.reduceat(mask.astype(np.float32), ys, axis=0), xs, axis=1)
-    return (sums / (np.diff(np.r_[ys, h])[:, None] * np.diff(np.r_[xs, w])[None, :])).astype(np.float32)
+    sums = np.add.reduceat(np.add.reduceat(np.asarray(image, np.float32), ys, axis=0), xs, axis=1)
+    counts = np.diff(np.r_[ys, h])[:, None] * np.diff(np.r_[xs, w])[None, :]
+    return (sums / counts).astype(np.float32)
 
 
 def prepare_image(image: np.ndarray, resolution: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 
 from ..inference import interpolation_matrix
 from ..io_weights import DEFAULT_REFINER_WEIGHTS, REFINER_FORMAT, best_device, load_refiner_net
-from ..preprocess import mask_fraction, normalize_intensity, resize_image, to_image_list
+from ..preprocess import normalize_intensity, resize_image, to_image_list
 from .network import MASK_LOGIT, RefinerNet, encode_input
 
 __all__ = ["DEFAULT_REFINER_WEIGHTS", "REFINER_FORMAT", "Refiner", "load_refiner"]
@@ -79,7 +79,7 @@ class Refiner:
         if prior.shape != tuple(shape) and prior.shape != (r, r):
             raise ValueError(f"prior has shape {prior.shape}; expected the image's shape {tuple(shape)}")
         if prior.dtype == bool or (np.issubdtype(prior.dtype, np.integer) and prior.max(initial=0) <= 1):
-            frac = mask_fraction(prior.astype(bool), (r, r))
+            frac = resize_image(prior.astype(np.float32), (r, r))
             return np.clip((2 * frac - 1) * 2 * MASK_LOGIT, -MASK_LOGIT, MASK_LOGIT).astype(np.float32)
         prior = prior.astype(np.float32)
         if not np.all(np.isfinite(prior)):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..preprocess import mask_fraction, normalize_intensity, resize_image
+from ..preprocess import normalize_intensity, resize_image
 from .network import MASK_LOGIT
 from .predictor import Refiner, _check_image, _check_points, honour_clicks
 from .walker import border_mask, box_outside, random_walk, seed_disks
@@ -96,8 +96,8 @@ def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarr
     pixel around), ``previous`` elsewhere; both are bool masks of the image's shape."""
     if not KEEP_DETAIL or not previous.any() or previous.shape == (grid, grid):
         return new
-    before = mask_fraction(previous, (grid, grid)) > 0.5
-    after = mask_fraction(new, (grid, grid)) > 0.5
+    before = resize_image(previous.astype(np.float32), (grid, grid)) > 0.5
+    after = resize_image(new.astype(np.float32), (grid, grid)) > 0.5
     zone = ndi.binary_dilation(before ^ after)
     if not zone.any():
         return previous.copy()

@@ -98,11 +98,11 @@ def resize_image(image: np.ndarray, size: Sequence[int], anti_aliasing: bool = T
     """Resample a 2D image to ``size`` (bilinear), with anti-aliasing when shrinking unless told not to.
 
     Beyond a 4x reduction on both sides, anti-aliasing is the exact mean over each output cell's
-    pixels (:func:`cell_mean`): the Gaussian filter took 1.3 s for a 2048 px image and 3.2 s for
-    4096 px (to 128 px, one core), more than the U-Net's whole set, while the cell mean is what
-    it approximates. ``anti_aliasing=False`` keeps edges one pixel sharp, which the random walkers
-    need: the filter spread a disc's edge of a 2048 px image over pixels of the 512 px grid, and a
-    click inside it then filled a fifth of the disc (``bench_refine.py --large``).
+    pixels (:func:`cell_mean`), which the Gaussian filter approximates at a cost that grows with
+    the reduction: ``segment_set`` on 3 images of 4096 px took 16.4 s with the filter and 8.9 s
+    with the cell mean (``benchmarks/results/inference-large-before-fix.json``,
+    ``inference-large.json``). ``anti_aliasing=False`` keeps edges one pixel sharp, which the
+    random walkers need: a softened edge lets the walk leak through it.
     """
     from skimage.transform import resize
 

@@ -102,7 +102,7 @@ def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarr
     if not zone.any():
         return previous.copy()
     h, w = previous.shape
-    if h > 4 * grid and w > 4 * grid:  # large images: a cell's pixels by index (the resize took 0.26 s at 3000 px)
+    if h > 4 * grid and w > 4 * grid:  # large images: each pixel takes its cell's value (no bilinear pass)
         zone = ndi.binary_dilation(zone)[(np.arange(h) * grid // h)[:, None], np.arange(w) * grid // w]
     else:
         zone = resize_image(zone.astype(np.float32), previous.shape) > 0
@@ -366,8 +366,9 @@ class RefineSession:
         """(grid shape, normalised image on it, image pixels -> grid pixels) for the walkers on the
         image's own pixels: the image itself up to ``IMAGE_GRID_MAX_SIDE`` on the longer side, a
         copy sampled without anti-aliasing beyond (computed once; sharp edges hold the walk).
-        Why: one sparse solve over a 3000 x 3000 image did not end in minutes; at 512 px it
-        takes seconds (``bench_refine.py --large``)."""
+        Why: on its full 2048 px grid the classical walker took 130 s per click and 1.4 GiB,
+        on this grid 2-4 s at 1024-3000 px (``refine-large-before-fix-classical-2048.md``,
+        ``refine-large.md``, ``bench_refine.py --large``)."""
         h, w = self.shape
         f = min(1.0, IMAGE_GRID_MAX_SIDE / max(h, w))
         grid = (max(2, round(h * f)), max(2, round(w * f)))

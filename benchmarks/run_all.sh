@@ -9,10 +9,12 @@ R=benchmarks/results
 mkdir -p "$R"
 export QT_QPA_PLATFORM=offscreen
 python benchmarks/bench_inference.py --out "$R/inference.json" | tee "$R/inference.txt"
+python benchmarks/bench_inference.py --large --repeats 4 --out "$R/inference-large.json"
 python -m napari_pancakes.evaluate --data-root "$DATA" --n-sets 8 --sweep --methods pancakes,kmeans,slic,random_init --out "$R/eval"
 python benchmarks/tune_refine.py --data "$DATA" --variants classical:0.05 classical:0.005 classical:0.0005 --tag classical
 python benchmarks/tune_refine.py --data "$DATA" --variants network hybrid:0.02 hybrid:0.1 hybrid:0.5 hybrid:2 --tag hybrid
 python benchmarks/bench_refine.py --data "$DATA" --out "$R"
+OMP_NUM_THREADS=1 python benchmarks/bench_refine.py --large --out "$R"
 python benchmarks/bench_training.py --steps 20 --features 32 --out "$R/training.json"
 python benchmarks/bench_apply.py --sizes 200,2000 --out "$R/apply.json" | tee "$R/apply.txt"
 NAPARI_PANCAKES_DATA="$DATA" python benchmarks/bench_propagate.py --sets 8 --out "$R/propagate.json" | tee "$R/propagate.txt"

@@ -118,10 +118,21 @@ def cell_mean(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     evenly as whole pixels allow (float32); a shrink, so ``size`` <= the shape."""
     h, w = image.shape
     gh, gw = int(size[0]), int(size[1])
-    ys, xs = np.arange(gh) * h // gh, np.arange(gw) * w // gw
+    ys, xs = cell_starts(h, gh), cell_starts(w, gw)
     sums = np.add.reduceat(np.add.reduceat(np.asarray(image, np.float32), ys, axis=0), xs, axis=1)
     counts = np.diff(np.r_[ys, h])[:, None] * np.diff(np.r_[xs, w])[None, :]
     return (sums / counts).astype(np.float32)
+
+
+def cell_starts(n: int, cells: int) -> np.ndarray:
+    """First pixel of each of ``cells`` cells that split ``n`` pixels as evenly as whole pixels allow."""
+    return np.arange(cells) * n // cells
+
+
+def cell_of(n: int, cells: int) -> np.ndarray:
+    """The cell (of :func:`cell_starts`) that each of ``n`` pixels falls in: the way back from a
+    :func:`cell_mean` grid to the pixels it averaged."""
+    return np.searchsorted(cell_starts(n, cells), np.arange(n), side="right") - 1
 
 
 def prepare_image(image: np.ndarray, resolution: int) -> np.ndarray:

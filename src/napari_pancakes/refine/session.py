@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..preprocess import normalize_intensity, resize_image
+from ..preprocess import cell_of, normalize_intensity, resize_image
 from .network import MASK_LOGIT
 from .predictor import Refiner, _check_image, _check_points, honour_clicks
 from .walker import border_mask, box_outside, random_walk, seed_disks
@@ -103,7 +103,7 @@ def keep_unchanged(previous: np.ndarray, new: np.ndarray, grid: int) -> np.ndarr
         return previous.copy()
     h, w = previous.shape
     if h > 4 * grid and w > 4 * grid:  # large images: each pixel takes its cell's value (no bilinear pass)
-        zone = ndi.binary_dilation(zone)[(np.arange(h) * grid // h)[:, None], np.arange(w) * grid // w]
+        zone = ndi.binary_dilation(zone)[cell_of(h, grid)[:, None], cell_of(w, grid)]
     else:
         zone = resize_image(zone.astype(np.float32), previous.shape) > 0
     return np.where(zone, new, previous)

@@ -147,7 +147,10 @@ def session_settings(pairs) -> dict:
         if not name.isupper() or not hasattr(session_module, name):
             raise SystemExit(f"--session {pair}: refine.session has no switch {name!r}")
         kind = type(getattr(session_module, name))
-        out[name] = bool(int(value)) if kind is bool else kind(value)
+        try:
+            out[name] = {"1": True, "true": True, "0": False, "false": False}[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError):
+            raise SystemExit(f"--session {pair}: {name} takes a {kind.__name__}") from None
     return out
 
 

@@ -607,8 +607,11 @@ def test_refine_benchmark_sets_session_switches_by_name():
     assert bench.session_settings(["LOCAL_RADIUS=0.2", "KEEP_DETAIL=0", "HYBRID_GRID=image"]) == {
         "LOCAL_RADIUS": 0.2, "KEEP_DETAIL": False, "HYBRID_GRID": "image"}
     assert bench.session_settings(None) == {}
+    assert bench.session_settings(["KEEP_DETAIL=true"]) == {"KEEP_DETAIL": True}
     with pytest.raises(SystemExit, match="no switch"):
         bench.session_settings(["LOCAL_RADUIS=0.2"])
+    with pytest.raises(SystemExit, match="takes a float"):
+        bench.session_settings(["LOCAL_RADIUS=wide"])
 
 
 def test_large_image_benchmark_times_every_prompt_and_segments_the_disc():

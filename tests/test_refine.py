@@ -121,6 +121,8 @@ def test_undo_redo_clear_restore_exactly(refiner):
     assert np.array_equal(s.undo(), m3)
     s.undo(), s.undo()
     assert np.array_equal(s.undo(), np.zeros_like(truth))  # undo at the start is a no-op
+    # the history keeps each mask as packed bits (an eighth of a bool array's bytes)
+    assert all(st.bits.nbytes == -(-truth.size // 8) for st in s._states)
 
 
 def test_bad_input_raises_clear_errors(refiner):

@@ -48,15 +48,30 @@ LOCAL_POSITIVE = False  # positive clicks local too, once there is a mask
 KEEP_DETAIL = True  # keep the previous mask where the answer did not change on the working grid
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SessionState:
-    """One point in the history: the prompts so far and the mask/logits they produced."""
+    """One point in the history: the prompts so far and the mask/logits they produced.
+
+    The mask is kept as packed bits (``of`` packs, ``mask`` unpacks): every prompt adds a state for
+    undo, and a 8000 x 8000 mask is 64 MB as bools, 8 MB packed.
+    """
 
     clicks: tuple[tuple[float, float, bool], ...]
-    mask: np.ndarray = field(repr=False)
+    bits: np.ndarray = field(repr=False)  # np.packbits of the bool mask, flattened
+    shape: tuple[int, int]
     logits: np.ndarray | None = field(repr=False)  # working-resolution logits, None = no prior
     box: tuple[float, float, float, float] | None = None  # (y0, x0, y1, x1) image pixels
     scribbles: tuple[tuple[tuple[tuple[float, float], ...], bool], ...] = ()  # (points, positive)
+
+    @classmethod
+    def of(cls, clicks, mask: np.ndarray, logits, box=None, scribbles=()) -> SessionState:
+        return cls(clicks, np.packbits(mask, axis=None), tuple(mask.shape), logits, box, scribbles)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The bool mask (a new array on each call)."""
+        h, w = self.shape
+        return np.unpackbits(self.bits, count=h * w).view(bool).reshape(h, w)
 
 
 def _draw_paths(paths, shape) -> np.ndarray:
@@ -180,7 +195,8 @@ class RefineSession:
         else:
             mask0, logits0 = np.zeros(self.shape, bool), None
         self._mask0 = mask0 if initial_mask is not None else None
-        self._initial = SessionState((), mask0, logits0)
+        self._initial = SessionState.of((), mask0, logits0)
+        self._shown = (self._initial, mask0)  # the current state and its unpacked mask
         self._states = [self._initial]
         self._pos = 0  # index of the current state; states after it are redo-able
 
@@ -192,7 +208,10 @@ class RefineSession:
     @property
     def mask(self) -> np.ndarray:
         """Current bool mask (a copy is not made: treat as read-only)."""
-        return self.state.mask
+        st = self.state
+        if self._shown[0] is not st:
+            self._shown = (st, st.mask)
+        return self._shown[1]
 
     @property
     def clicks(self) -> list[tuple[float, float, bool]]:
@@ -237,11 +256,11 @@ class RefineSession:
         mask, logits = self._predict(clicks, st.box, st.scribbles)
         # local: one negative click, or several at once (clicks queued while a slow predictor ran);
         # with LOCAL_POSITIVE one positive click on a mask too. Mixed sets (automatic prompts) are not.
-        local = (neg and not pos) or (LOCAL_POSITIVE and len(pos) == 1 and not neg and st.mask.any())
+        local = (neg and not pos) or (LOCAL_POSITIVE and len(pos) == 1 and not neg and self.mask.any())
         if self.local_negative and local:
             footprint = _draw_paths([[p] for p in pos + neg], self.shape)  # the pixel under each click
             mask, logits = self._localised(mask, logits, footprint, clicks)
-        self._push(SessionState(clicks, mask, logits, st.box, st.scribbles))
+        self._push(SessionState.of(clicks, mask, logits, st.box, st.scribbles), mask)
         return mask
 
     def set_box(self, box) -> np.ndarray:
@@ -259,7 +278,7 @@ class RefineSession:
             box = (y0, x0, y1, x1)
         st = self.state
         mask, logits = self._predict(st.clicks, box, st.scribbles)
-        self._push(SessionState(st.clicks, mask, logits, box, st.scribbles))
+        self._push(SessionState.of(st.clicks, mask, logits, box, st.scribbles), mask)
         return mask
 
     def add_scribble(self, points, positive: bool = True) -> np.ndarray:
@@ -272,7 +291,7 @@ class RefineSession:
         mask, logits = self._predict(st.clicks, st.box, scribbles)
         if self.local_negative and not positive:  # a negative scribble is local as a negative click is
             mask, logits = self._localised(mask, logits, _draw_paths([pts], self.shape))
-        self._push(SessionState(st.clicks, mask, logits, st.box, scribbles))
+        self._push(SessionState.of(st.clicks, mask, logits, st.box, scribbles), mask)
         return mask
 
     def undo(self) -> np.ndarray:
@@ -292,16 +311,18 @@ class RefineSession:
             self._push(self._initial)
         return self.mask
 
-    def _push(self, state: SessionState):
+    def _push(self, state: SessionState, mask: np.ndarray | None = None):
         del self._states[self._pos + 1 :]
         self._states.append(state)
         self._pos += 1
+        if mask is not None:
+            self._shown = (state, mask)
 
     # --- prediction ------------------------------------------------------------------------
     def _localised(self, answer: np.ndarray, logits, footprint: np.ndarray, clicks=()):
         """(mask, logits to feed back) after a negative prompt with ``footprint``: ``answer`` with
         the changes far from the prompt reverted (:func:`localise`; clicked spots honoured)."""
-        mask = honour_clicks(localise(self.state.mask, answer, footprint, LOCAL_RADIUS * max(self.shape)), clicks)
+        mask = honour_clicks(localise(self.mask, answer, footprint, LOCAL_RADIUS * max(self.shape)), clicks)
         return mask, None if logits is None else self._logits_as_shown(logits, answer, mask)
 
     def _logits_as_shown(self, logits: np.ndarray, answer: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -341,7 +362,7 @@ class RefineSession:
         shown = logits
         if self.method == "hybrid" and HYBRID_GRID == "image" and (clicks or scribbles or box is not None):
             mask = self._hybrid_on_image_grid(logits, p, n, box, scribbles)
-            return honour_clicks(keep_unchanged(self.state.mask, mask, res), clicks), logits
+            return honour_clicks(keep_unchanged(self.mask, mask, res), clicks), logits
         if self.method == "hybrid" and (clicks or scribbles or box is not None):
             fg = seed_disks(pw, (res, res), 1.0) | smaps[0]
             bg = seed_disks(nw, (res, res), 1.0) | smaps[1]
@@ -351,7 +372,7 @@ class RefineSession:
             prob = random_walk(self._work, fg, bg, prior=1 / (1 + np.exp(-logits)), lam=lam, beta=HYBRID_BETA)
             shown = np.clip(np.log(prob + 1e-6) - np.log(1 - prob + 1e-6), -2 * MASK_LOGIT, 2 * MASK_LOGIT)
         mask = r.upsample(shown.astype(np.float32), self.shape) > 0
-        return honour_clicks(keep_unchanged(self.state.mask, mask, res), clicks), logits
+        return honour_clicks(keep_unchanged(self.mask, mask, res), clicks), logits
 
     def _hybrid_on_image_grid(self, logits, p, n, box, scribbles) -> np.ndarray:
         """The hybrid's walker on the image's pixels (downscaled to ``IMAGE_GRID_MAX_SIDE``)."""

@@ -25,7 +25,7 @@ POINTS_NAME = "refine clicks"
 SHAPES_NAME = "refine prompts"
 THREAD_ABOVE_S = 0.04  # prompts slower than this (measured at start) go to a thread worker
 PROBE_MAX_PIXELS = 512 * 512  # larger images, and the classical walker, go to the worker unmeasured:
-# the timing prompt runs in the viewer's thread (2-4 s for the walker at 1024-3000 px, refine-large.md)
+# the timing prompt runs in the viewer's thread (3.6-4.2 s for the walker at 1024-3000 px, refine-large.md)
 POS_COLOR, NEG_COLOR = "lime", "red"
 NEGATIVE_KEY = "x"  # 'n' is "next protocol" in the explorer: one meaning per key
 PROMPT_MODES = ("click", "box", "scribble")

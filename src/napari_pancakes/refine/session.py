@@ -388,7 +388,7 @@ class RefineSession:
         image's own pixels: the image itself up to ``IMAGE_GRID_MAX_SIDE`` on the longer side, a
         copy sampled without anti-aliasing beyond (computed once; sharp edges hold the walk).
         Why: on its full 2048 px grid the classical walker took 130 s per click and 1.4 GiB,
-        on this grid 2-4 s at 1024-3000 px (``refine-large-before-fix-classical-2048.md``,
+        on this grid 3-4.5 s at 1024-3000 px (``refine-large-before-fix-classical-2048.md``,
         ``refine-large.md``, ``bench_refine.py --large``)."""
         h, w = self.shape
         f = min(1.0, IMAGE_GRID_MAX_SIDE / max(h, w))

@@ -53,7 +53,7 @@ class SessionState:
     """One point in the history: the prompts so far and the mask/logits they produced.
 
     The mask is kept as packed bits (``of`` packs, ``mask`` unpacks): every prompt adds a state for
-    undo, and a 8000 x 8000 mask is 64 MB as bools, 8 MB packed.
+    undo, and an 8000 x 8000 mask is 64 MB as bools, 8 MB packed.
     """
 
     clicks: tuple[tuple[float, float, bool], ...]

@@ -446,7 +446,7 @@ def test_resize_image_is_the_cell_mean_beyond_a_4x_reduction_and_the_filter_up_t
     each output cell exactly, in milliseconds; up to 4x the anti-aliased resize runs as before."""
     from skimage.transform import resize
 
-    from napari_pancakes.preprocess import resize_image
+    from napari_pancakes.preprocess import cell_of, resize_image
 
     rng = np.random.default_rng(0)
     big = (rng.random((1030, 777)) > 0.6).astype(np.float32)
@@ -459,8 +459,6 @@ def test_resize_image_is_the_cell_mean_beyond_a_4x_reduction_and_the_filter_up_t
     small = rng.random((512, 300)).astype(np.float32)
     expected = resize(small, (128, 128), order=1, anti_aliasing=True, preserve_range=True)
     assert np.allclose(resize_image(small, (128, 128)), expected)
-    from napari_pancakes.preprocess import cell_of
-
     cells = cell_of(1030, 128)  # the way back: every pixel to the cell whose mean it joined
     assert cells[0] == 0 and cells[-1] == 127 and all(cells[ys[i]:ys[i + 1]].tolist() == [i] * (ys[i + 1] - ys[i])
                                                       for i in range(127))

@@ -215,3 +215,20 @@ def test_boundary_shortcut_gives_the_labels_of_the_full_logits(trained):
             fast = predictor.protocols(m, k, seed)
             full = predictor.protocols(m, k, seed, return_probs=True)[1].argmax(2)
             assert np.array_equal(fast, full)
+
+
+def test_flat_3x3_is_the_max_equals_min_filter():
+    """Uniform-region detection finds pixels whose 3 x 3 neighbourhood is one value; the shifted
+    comparisons must give exactly what the max/min filters (edges repeated) give, on plateaus,
+    noise and images of 1-2 pixels a side."""
+    from scipy import ndimage
+
+    from napari_pancakes.inference import flat_3x3
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (1, 5), (2, 2), (7, 9), (40, 33)]:
+        for levels in (1, 2, 3):
+            a = rng.integers(0, levels, shape).astype(np.float32)
+            a[: shape[0] // 2] = 1
+            expected = ndimage.maximum_filter(a, 3, mode="nearest") == ndimage.minimum_filter(a, 3, mode="nearest")
+            assert np.array_equal(flat_3x3(a), expected), (shape, levels)

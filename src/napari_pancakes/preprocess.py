@@ -101,7 +101,7 @@ def resize_image(image: np.ndarray, size: Sequence[int], anti_aliasing: bool = T
     pixels (:func:`cell_mean`), which the Gaussian filter approximates at a cost that grows with
     the reduction: ``segment_set`` on 3 images of 4096 px took 16.4 s with the filter and 8.9 s
     with the cell mean (``benchmarks/results/inference-large-before-fix.json``,
-    ``inference-large.json``). ``anti_aliasing=False`` keeps edges one pixel sharp, which the
+    ``inference-large-before-flat3x3.json``). ``anti_aliasing=False`` keeps edges one pixel sharp, which the
     random walkers need: a softened edge lets the walk leak through it.
     """
     from skimage.transform import resize

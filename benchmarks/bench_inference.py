@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     model = load_model(args.weights, device="cpu")
     rng = np.random.default_rng(0)
+    machine = f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"
     if args.large is not None:
         rows = []
         for side in args.large or (1024, 2048, 4096):
@@ -57,8 +58,7 @@ def main(argv=None) -> int:
             ms = timed(lambda: segment_set(x, 8, 20, model=model), max(1, args.repeats // 2))
             rows.append({"px": side, "S": 3, "pancakes_ms": round(ms, 1)})
             print(f"{side}px S=3: pancakes {ms:7.1f} ms", flush=True)
-        result = {"machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
-                  "torch": torch.__version__, "large": rows}
+        result = {"machine": machine, "torch": torch.__version__, "large": rows}
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2))
         return 0
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     after = peak_rss_mb()
     print(f"100 x 256x256: {big_s:.1f} s, peak RSS {after:.0f} MB (before {before:.0f} MB, labels {labels.nbytes / 2**20:.0f} MB)")
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
+        "machine": machine,
         "torch": torch.__version__, "timings": rows,
         "big_set": {"images": 100, "px": 256, "seconds": round(big_s, 2), "peak_rss_mb": round(after),
                     "rss_before_mb": round(before), "labels_mb": round(labels.nbytes / 2**20)},

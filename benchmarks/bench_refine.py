@@ -181,7 +181,8 @@ def run(args) -> dict:
         if saw_leave_out(held):
             raise SystemExit(f"the {what} weights were trained on {saw_leave_out(held)}, which this benchmark "
                              f"holds out: pass {flag} with the leave-out run's file")
-    data = load_leave_out(data_root(args.data), args.max_images, args.cache)
+    root = data_root(args.data)
+    data = load_leave_out(root, args.max_images, args.cache)
     if args.invert:  # polarity robustness: the same targets with every image's intensities inverted
         data = {name: (1 - images, truths, idx) for name, (images, truths, idx) in data.items()}
     res = {"inverted": args.invert, "colour": args.colour, "weights": str(args.weights or "bundled refiner_default.safetensors"),
@@ -195,7 +196,7 @@ def run(args) -> dict:
     for name, (images, truths, idx) in data.items():
         starts, pair, set_dice = best_pancakes_labels(images, truths, pancakes)
         if args.colour:  # the session gets an RGB dataset's colour, as from a user; Pancakes took intensity
-            images = [rgb if (rgb := read_colour_image(data_root(args.data), name, i, 256)) is not None else img
+            images = [rgb if (rgb := read_colour_image(root, name, i, 256)) is not None else img
                       for img, i in zip(images, idx)]
         entry = {"images": len(images), "image_indices": [int(i) for i in idx], "best_pair": pair,
                  "best_pair_set_dice": round(set_dice, 4)}
@@ -494,6 +495,7 @@ def large_images(weights, methods, sides=(256, 1024, 2048, 3000)) -> dict:
 
     from napari_pancakes.refine import load_refiner
     from napari_pancakes.refine.session import RefineSession
+    from napari_pancakes.training.simulate import dice
 
     refiner = load_refiner(weights, device="cpu")
     out = {"weights": str(weights or "bundled"), "methods": list(methods), "sides": list(sides),
@@ -520,10 +522,9 @@ def large_images(weights, methods, sides=(256, 1024, 2048, 3000)) -> dict:
                 times[name] = round(time.perf_counter() - t0, 3)
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-            mask = session.mask
-            dice = 2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum())
             out["rows"].append({"side": side, "method": method, "first_prompt_s": round(prepared, 3), **times,
-                                "peak_python_MiB": round(peak / 2**20, 1), "dice_after_box": round(float(dice), 3)})
+                                "peak_python_MiB": round(peak / 2**20, 1),
+                                "dice_after_box": round(dice(session.mask, truth), 3)})
             print(out["rows"][-1], flush=True)
     return out
 

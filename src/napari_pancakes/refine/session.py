@@ -381,7 +381,7 @@ class RefineSession:
         lam = _hybrid_lambda(len(p) + len(n) + len(scribbles))
         prior = 1 / (1 + np.exp(-self.refiner.upsample(logits, grid)))
         prob = random_walk(norm, fg, bg, prior=prior, lam=lam, beta=HYBRID_BETA)
-        return (prob if grid == self.shape else resize_image(prob, self.shape)) > 0.5
+        return resize_image(prob, self.shape) > 0.5  # the same array when the grid is the image
 
     def _image_grid(self):
         """(grid shape, normalised image on it, image pixels -> grid pixels) for the walkers on the
@@ -408,7 +408,7 @@ class RefineSession:
 
     def _classical(self, p, n, box, scribbles):
         if not p and not n and not scribbles and box is None:
-            return self._initial.mask.copy()
+            return self._initial.mask  # unpacked anew: a copy already
         grid, norm, to_g = self._image_grid()
         fg, bg = _seed_masks(p, n, scribbles, box, grid, to_g)
         prior = None
@@ -416,10 +416,9 @@ class RefineSession:
             if not fg.any():
                 fg |= seed_disks(to_g([((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)]), grid, 1.5)
         elif self._mask0 is not None:
-            prior = self._mask0.astype(np.float32)
-            prior = prior if grid == self.shape else resize_image(prior, grid)
+            prior = resize_image(self._mask0.astype(np.float32), grid)
         elif not bg.any():
             bg |= border_mask(grid)
         lam = CLASSICAL_PRIOR_LAMBDA if prior is not None else 0.0
         prob = random_walk(norm, fg, bg, prior=prior, lam=lam)
-        return (prob if grid == self.shape else resize_image(prob, self.shape)) > 0.5
+        return resize_image(prob, self.shape) > 0.5  # the same array when the grid is the image

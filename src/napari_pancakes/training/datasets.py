@@ -150,12 +150,17 @@ def subjects_from_notes(folder: Path, name: str, n: int) -> np.ndarray | None:
     return np.unique(names, return_inverse=True)[1].ravel()
 
 
+def _image_paths(folder: Path) -> list[Path]:
+    """A dataset folder's image files in the reader's order: an image's index everywhere."""
+    return sorted((folder / "images").glob("*.png"))
+
+
 def _read_folder(folder: Path, res: int) -> tuple[np.ndarray, np.ndarray]:
     from skimage.io import imread
     from skimage.transform import resize
 
     images, labels = [], []
-    for img_path in sorted((folder / "images").glob("*.png")):
+    for img_path in _image_paths(folder):
         image = to_image_list([imread(img_path)])[0][0]
         mask = imread(folder / "masks" / img_path.name)
         images.append(prepare_image(image, res))
@@ -172,7 +177,7 @@ def read_colour_image(root: Path, name: str, index: int, res: int) -> np.ndarray
     """
     from skimage.io import imread
 
-    path = sorted((Path(root) / name / "images").glob("*.png"))[index]
+    path = _image_paths(Path(root) / name)[index]
     arr = np.asarray(imread(path))
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         return None
